@@ -1,0 +1,3 @@
+from newsdl.cli import main
+
+main()

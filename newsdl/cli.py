@@ -1,0 +1,180 @@
+"""The `newsdl` command line (SPEC section 3).
+
+Heavy imports (TensorFlow, pandas, pyarrow) happen inside the commands, so that `--help`,
+`--version` and bad usage answer at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from newsdl import __version__
+from newsdl.errors import UserError
+
+app = typer.Typer(
+    name="newsdl",
+    help="Deep learning on news articles: ingest -> featurize -> train -> evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_state = {"verbose": False}
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder [default: $NEWSDL_WORKSPACE or ./newsdl-work]")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from newsdl.progress import interactive
+
+    fmt = "%(message)s" if interactive() else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr,
+                        force=True)
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "gensim", "smart_open"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"newsdl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["verbose"] = verbose
+    if not verbose:  # TensorFlow's C++ start-up notices would bury our own log lines
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _setup_logging(verbose)
+
+
+def _ws(path: Optional[Path]) -> Path:
+    from newsdl.workspace import resolve
+
+    return resolve(path)
+
+
+@app.command()
+def ingest(
+    inputs: List[Path] = typer.Argument(..., help="Article files: .jsonl, .jsonl.gz, .json, .csv or .parquet"),
+    workspace: Optional[Path] = WorkspaceOpt,
+    images_root: Optional[Path] = typer.Option(None, help="Folder that image paths are relative to [default: the first input's folder]"),
+    map: List[str] = typer.Option([], "--map", help="Rename an input field: NEW=OLD (repeatable)"),
+    strict: bool = typer.Option(False, help="Stop with exit 2 at the first bad record or image"),
+    force: bool = typer.Option(False, help="Redo the stage even if it is up to date"),
+) -> None:
+    """Validate and normalise articles into WORKSPACE/ingest/."""
+    from newsdl.ingest.run import ingest as run_ingest, parse_mapping
+
+    result = run_ingest(inputs, _ws(workspace), images_root=images_root, mapping=parse_mapping(map),
+                        strict=strict, force=force)
+    _print_ingest(result)
+
+
+def _print_ingest(result) -> None:
+    c = result.counts
+    state = "up to date, nothing done" if result.skipped else "done"
+    typer.echo(f"ingest {state}: read {c['records_read']} records: accepted {c['accepted']}, "
+               f"rejected {c['rejected']}; images: accepted {c['images_accepted']}, "
+               f"rejected {c['images_rejected']}")
+    for reason, n in {**c["rejected_by_reason"], **c["images_rejected_by_reason"]}.items():
+        typer.echo(f"  rejected {n:>7}  {reason}")
+    if c["rejected"] or c["images_rejected"]:
+        typer.echo(f"  reasons, record by record: {result.folder / 'rejected.jsonl'}")
+    typer.echo(f"  splits: {c['splits']}  ->  {result.folder}")
+
+
+@app.command("sample-corpus")
+def sample_corpus(
+    out: Path = typer.Argument(..., help="Folder to write articles.jsonl and images/ into"),
+    articles: int = typer.Option(None, "--articles", "-n", help="Number of articles [default: 2000]"),
+    seed: int = typer.Option(None, help="Random seed [default: 1234]"),
+    images: bool = typer.Option(True, "--images/--no-images", help="Draw image files (--no-images: text only)"),
+) -> None:
+    """Write the embedded BreakingNews-shaped sample corpus."""
+    from newsdl import defaults
+    from newsdl.sample.corpus import write_corpus
+
+    n = articles if articles is not None else defaults.SAMPLE_ARTICLES
+    if n < 1:
+        raise UserError(f"--articles {n}: must be at least 1")
+    summary = write_corpus(out, n_articles=n, seed=defaults.SEED if seed is None else seed, images=images)
+    typer.echo(f"wrote {summary['articles']} articles and {summary['images']} images to {out}")
+
+
+@app.command()
+def demo(
+    workspace: Optional[Path] = WorkspaceOpt,
+    articles: int = typer.Option(None, "--articles", "-n", help="Number of sample articles [default: 2000]"),
+    seed: int = typer.Option(None, help="Random seed [default: 1234]"),
+    force: bool = typer.Option(False, help="Redo every stage"),
+) -> None:
+    """Generate the sample corpus and run every stage on it, ending with a table of metrics."""
+    from newsdl import defaults
+    from newsdl.demo import run_demo
+
+    n = articles if articles is not None else defaults.SAMPLE_ARTICLES
+    if n < 20:
+        raise UserError(f"--articles {n}: the demo needs at least 20 articles to split and train")
+    run_demo(_ws(workspace), n_articles=n, seed=defaults.SEED if seed is None else seed, force=force)
+
+
+@app.command()
+def status(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Each stage of the workspace: done, incomplete or pending."""
+    from newsdl.status import stage_states
+
+    ws = _ws(workspace)
+    typer.echo(f"workspace {ws}")
+    for row in stage_states(ws):
+        typer.echo(f"  {row['stage']:<10} {row['state']:<11} {row['detail']}")
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, GPU visibility, compiled ops and HPC schedulers on this machine."""
+    from newsdl.doctor import report
+
+    for key, value in report():
+        typer.echo(f"{key:<22} {value}")
+
+
+def _register_stages() -> None:
+    from newsdl.features import cli as features_cli
+    from newsdl.ops import cli as ops_cli
+
+    ops_cli.register(app)
+    features_cli.register(app)
+
+
+_register_stages()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: user errors exit 2 with one line; --verbose shows tracebacks."""
+    verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)[:3]
+    try:
+        app(args=argv, prog_name="newsdl")
+    except UserError as exc:
+        if verbose:
+            raise
+        typer.echo(f"newsdl: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("newsdl: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an environment failure, not the user's mistake
+        if verbose:
+            raise
+        typer.echo(f"newsdl: failed: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", err=True)
+        sys.exit(1)
