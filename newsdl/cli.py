@@ -152,9 +152,11 @@ def doctor() -> None:
 def _register_stages() -> None:
     from newsdl.features import cli as features_cli
     from newsdl.ops import cli as ops_cli
+    from newsdl.tasks import cli as tasks_cli
 
     ops_cli.register(app)
     features_cli.register(app)
+    tasks_cli.register(app)
 
 
 _register_stages()

@@ -1,0 +1,111 @@
+"""`newsdl evaluate TASK`: the test metrics of the model and of every baseline, in one run, on the
+same test articles; metrics.json, plots and a comparison table.
+
+The test split is read here and nowhere else. Baselines are fitted on train and, where they have
+a knob (kNN's k, the regularisation of logistic and ridge regression), tuned on val, as the
+model's early stopping is: each gets the same chance as the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from newsdl import workspace
+from newsdl.errors import UserError
+from newsdl.tasks import metrics as M
+from newsdl.tasks.data import load_corpus, upstream
+from newsdl.tasks.prepare import CONFIG, HISTORY, MODEL, model_inputs, read_saved, split_rows, task_module
+
+log = logging.getLogger("newsdl.tasks")
+METRICS = "metrics.json"
+
+
+def evaluate_task(ws: Path, task: str, *, force: bool = False) -> dict:
+    """Evaluate TASK's trained model in ``ws``; write and return metrics.json's content.
+    Up to date (same model, same inputs): returns the stored metrics at once."""
+    import json
+
+    ws = Path(ws)
+    mod = task_module(task)
+    saved = read_saved(ws, task)
+    folder = saved.folder
+    model_sha = workspace.sha256_file(folder / MODEL)
+    inputs_meta = upstream(ws)
+    manifest = workspace.read_manifest(folder) or {}
+    done = manifest.get("evaluate") or {}
+    if (not force and (folder / METRICS).is_file() and done.get("model_sha256") == model_sha
+            and [i["sha256"] for i in manifest.get("inputs", [])] == [i["sha256"] for i in inputs_meta]):
+        log.info("%s: metrics up to date in %s (use --force to recompute)", task, folder / METRICS)
+        return json.loads((folder / METRICS).read_text(encoding="utf-8"))
+
+    t0 = time.monotonic()
+    started = workspace.now()
+    corpus = load_corpus(ws)
+    features = saved.features
+    missing = [f for f in features if f not in corpus.available]
+    if missing:
+        raise UserError(f"{ws / 'features'}: the {task} model reads {', '.join(missing)}, which this workspace "
+                        f"no longer has; rerun `newsdl featurize` or retrain")
+    rows = split_rows(corpus, mod.labelled(corpus), saved.config["seed"])
+    if len(rows["test"]) == 0:
+        raise UserError(f"{ws / 'ingest' / 'articles.parquet'}: no labelled article in the test split "
+                        f"(field 'split'), nothing to evaluate {task} on")
+    fitted = saved.fitted
+    x = model_inputs(corpus, features, fitted)
+
+    from newsdl.tasks.data import dataset
+    from newsdl.tasks.models import load
+
+    model = load(folder / MODEL)
+    test = corpus.take(rows["test"])
+    preds = {"model": mod.predict(model, dataset(x, {}, rows["test"], saved.config["batch_size"]), fitted)}
+    preds.update(mod.baselines(corpus, x, features, rows, fitted))
+
+    scores = {name: mod.score(test, pred, fitted) for name, pred in preds.items()}
+    key, higher = M.MAIN[task]
+    model_scores = scores.pop("model")
+    metrics = {
+        "task": task,
+        "n_train": int(len(rows["train"])),
+        "n_test": int(len(rows["test"])),
+        "test": model_scores,
+        "baselines": scores,
+        "main_metric": key,
+        "beats_every_baseline": all(M.beats(task, model_scores, b) for b in scores.values()),
+        "model": {"head": saved.config["head"], "features": features,
+                  "best_epoch": saved.config.get("summary", {}).get("best_epoch"), "n_val": int(len(rows["val"]))},
+        "baseline_params": {name: pred["params"] for name, pred in preds.items() if "params" in pred},
+    }
+    plots = mod.plots(folder, test, preds, fitted)
+    workspace.write_json(folder / METRICS, metrics)
+    outputs = [MODEL, CONFIG, HISTORY, METRICS, *plots] + (["bow.json"] if (folder / "bow.json").is_file() else [])
+    workspace.write_manifest(
+        folder, manifest.get("stage", "train"), inputs=inputs_meta, config=manifest.get("config", {}),
+        counts={**manifest.get("counts", {}), "test": metrics["n_test"]}, outputs=outputs,
+        started=manifest.get("started", started),
+        extra={"task": task, "head": saved.config["head"],
+               "evaluate": {"model_sha256": model_sha, "started": started, "finished": workspace.now(),
+                            "seconds": round(time.monotonic() - t0, 1)}})
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    """The model against each baseline, one row each, the main metric marked with '*'."""
+    keys = list(M.KEYS[metrics["task"]])
+    main = metrics.get("main_metric", M.MAIN[metrics["task"]][0])
+    head = ["", *[k + ("*" if k == main else "") for k in keys]]
+    rows = [["model", *(metrics["test"][k] for k in keys)]]
+    rows += [[name, *(b[k] for k in keys)] for name, b in metrics["baselines"].items()]
+    width = max(len(str(r[0])) for r in rows + [head])
+
+    def cell(v):
+        return f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}"
+
+    lines = [f"{metrics['task']}: {metrics['n_test']} test articles ({metrics['n_train']} train)",
+             f"{head[0]:<{width}} " + " ".join(f"{h:>10}" for h in head[1:])]
+    lines += [f"{r[0]:<{width}} " + " ".join(cell(v) for v in r[1:]) for r in rows]
+    verdict = "beats" if metrics.get("beats_every_baseline") else "does NOT beat"
+    lines.append(f"the model {verdict} every baseline on {main} (* main metric)")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""`newsdl predict`: new articles validated like ingest, featurized like the corpus, predicted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_tasks_support import featurized_workspace, run_newsdl, trained_workspace  # noqa: F401
+
+
+def _good(sample_corpus, n=3):
+    lines = (sample_corpus / "articles.jsonl").read_text().splitlines()[:n]
+    return [json.loads(line) for line in lines]
+
+
+def _write(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def test_predict_writes_predictions_and_rejects_bad_records(trained_workspace, sample_corpus, tmp_path):  # noqa: F811
+    good = _good(sample_corpus)
+    no_image = {"id": "new-1", "title": "Storm", "text": "A storm hit Sydney, Australia. Sydney was flooded."}
+    missing_image = {**no_image, "id": "new-2", "images": [{"path": "images/nowhere.jpg"}]}
+    bad = [{"id": "bad-1", "text": ""}, {"id": "bad-2", "text": "x", "geo": {"lat": 91, "lon": 0}}, "not json"]
+    path = _write(tmp_path / "new.jsonl", good + [no_image, missing_image] + bad)
+    for task, keys in (("geoloc", {"id", "lat", "lon"}), ("source", {"id", "source", "probability", "probabilities"}),
+                       ("popularity", {"id", "comments", "log1p_comments", "shares", "log1p_shares"})):
+        out = tmp_path / f"{task}.jsonl"
+        result = run_newsdl("predict", task, path, "-w", trained_workspace, "--out", out,
+                            "--images-root", sample_corpus)
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["id"] for r in rows] == [g["id"] for g in good] + ["new-1", "new-2"]
+        assert all(set(r) == keys for r in rows), rows[0]
+        rejected = [json.loads(line) for line in (tmp_path / f"{task}.jsonl.rejected.jsonl").read_text().splitlines()]
+        by_reason = {(r.get("line"), r["field"], r["code"]) for r in rejected}
+        assert {(6, "text", "empty_text"), (7, "lat", "geo_out_of_range"), (8, "", "unparsable"),
+                (5, "images[0].path", "image_missing")} <= by_reason
+        assert "rejected 3 records, 1 images" in result.stdout
+    geo = [json.loads(line) for line in (tmp_path / "geoloc.jsonl").read_text().splitlines()]
+    assert all(-90 <= r["lat"] <= 90 and -180 <= r["lon"] <= 180 for r in geo)
+    source = [json.loads(line) for line in (tmp_path / "source.jsonl").read_text().splitlines()]
+    assert all(r["probabilities"][r["source"]] == r["probability"] for r in source)
+    assert all(sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-3) for r in source)
+
+
+def test_predict_parquet_and_the_python_api(trained_workspace, sample_corpus, tmp_path):  # noqa: F811
+    import pyarrow.parquet as pq
+
+    from newsdl.tasks import predict_task
+
+    path = _write(tmp_path / "new.jsonl", _good(sample_corpus, 4))
+    result = predict_task(trained_workspace, "geoloc", path, out=tmp_path / "p.parquet", images_root=sample_corpus)
+    assert result["predicted"] == 4 and result["rejected"] == 0 and result["rejected_file"] is None
+    table = pq.read_table(tmp_path / "p.parquet")
+    assert table.column_names == ["id", "lat", "lon"] and table.num_rows == 4
+    # The same articles through the training corpus path get the same predictions: predict
+    # featurizes new text exactly as featurize and training did.
+    from newsdl.tasks.data import dataset, load_corpus
+    from newsdl.tasks.models import load
+    from newsdl.tasks.prepare import model_inputs, read_saved
+
+    saved = read_saved(trained_workspace, "geoloc")
+    corpus = load_corpus(trained_workspace)
+    ids = table.column("id").to_pylist()
+    rows = [list(corpus.ids).index(i) for i in ids]
+    x = model_inputs(corpus, saved.features, saved.fitted)
+    out = load(saved.folder / "model.keras").predict(dataset(x, {}, rows, 8), verbose=0)["latlon"]
+    assert out[:, 0] == pytest.approx(table.column("lat").to_numpy(), abs=1e-3)
+    assert out[:, 1] == pytest.approx(table.column("lon").to_numpy(), abs=1e-3)
+
+
+def test_predict_with_only_bad_records_exits_2_naming_the_line_and_field(trained_workspace, tmp_path):  # noqa: F811
+    path = _write(tmp_path / "bad.jsonl", [{"id": "a", "text": "ok", "comments": -3}])
+    result = run_newsdl("predict", "popularity", path, "-w", trained_workspace, "--out", tmp_path / "o.jsonl")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()
+    assert len(line) == 1 and "bad.jsonl:line 1" in line[0] and "comments" in line[0]
+    assert not (tmp_path / "o.jsonl").exists()
+    for args, needle in ((["predict", "geoloc", tmp_path / "missing.jsonl"], "no such file"),
+                         (["predict", "geoloc", path, "--out", tmp_path / "o.csv"], "--out"),
+                         (["predict", "illustrate", path], "TASK 'illustrate'")):
+        result = run_newsdl(*args, "-w", trained_workspace)
+        assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, args
