@@ -162,9 +162,45 @@ def _register_stages() -> None:
 _register_stages()
 
 
+class _QuietTensorFlowImport:
+    """Send fd 2 to /dev/null while `import tensorflow` runs.
+
+    On a machine without CUDA, the GPU wheel's C++ layer writes "Could not find cuda drivers"
+    notices straight to fd 2 as it loads, whatever TF_CPP_MIN_LOG_LEVEL says; they would bury
+    the one-line errors and logs of every command. Import errors still raise as usual.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            sys.stderr.flush()
+            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            try:
+                run(module)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                os.close(devnull)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: user errors exit 2 with one line; --verbose shows tracebacks."""
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)[:3]
+    if not verbose and "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
     try:
         app(args=argv, prog_name="newsdl")
     except UserError as exc:

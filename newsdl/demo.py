@@ -77,10 +77,11 @@ def _sign(metric: str) -> int:
 
 
 def _print_table(rows, timings) -> None:
-    typer.echo("\nstage        metric                          value")
-    typer.echo("-" * 56)
+    width = max(len(metric) for _, metric, _ in rows)
+    rule = "-" * (width + 26)
+    typer.echo(f"\n{'stage':<12} {'metric':<{width}} {'value':>12}\n{rule}")
     for stage, metric, value in rows:
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-        typer.echo(f"{stage:<12} {metric:<31} {shown}")
-    typer.echo("-" * 56)
+        typer.echo(f"{stage:<12} {metric:<{width}} {shown:>12}")
+    typer.echo(rule)
     typer.echo("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
