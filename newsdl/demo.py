@@ -51,6 +51,7 @@ def run_demo(ws: Path, *, n_articles: int, seed: int, force: bool = False) -> di
              ("featurize", "out-of-vocabulary share", float(counts["oov_rate"])),
              ("featurize", f"images featurized ({DEMO_BACKBONE})", counts["images_featurized"])]
     from newsdl.tasks import TASKS, evaluate_task, format_table, train_task
+    from newsdl.tasks.metrics import MAIN
 
     tables = []
     for task in TASKS:
@@ -59,8 +60,8 @@ def run_demo(ws: Path, *, n_articles: int, seed: int, force: bool = False) -> di
         metrics = evaluate_task(ws, task, force=force)
         timings[task] = time.monotonic() - start
         tables.append(format_table(metrics))
-        main = metrics["main_metric"]
-        best = max(metrics["baselines"].items(), key=lambda kv: kv[1][main] * _sign(main))
+        main, higher_is_better = MAIN[task]
+        best = max(metrics["baselines"].items(), key=lambda kv: kv[1][main] * (1 if higher_is_better else -1))
         rows += [(task, f"{main} (model)", float(metrics["test"][main])),
                  (task, f"{main} (best baseline: {best[0]})", float(best[1][main]))]
 
@@ -69,11 +70,6 @@ def run_demo(ws: Path, *, n_articles: int, seed: int, force: bool = False) -> di
         typer.echo("\n" + table)
     typer.echo(f"\nmodels, metrics.json and plots: {ws / 'models'}")
     return {"timings": timings, "rows": rows}
-
-
-def _sign(metric: str) -> int:
-    """+1 where larger is better, -1 where smaller is (distances, errors, ranks)."""
-    return -1 if metric.endswith(("_km", "mae_log")) or metric.startswith("mae") or "rank" in metric else 1
 
 
 def _print_table(rows, timings) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Fast featurize settings for 60 articles: what the features are made of does not matter to the
@@ -29,10 +31,8 @@ _NEWSDL = (sys.executable, "-m", "newsdl")
 
 
 def run_newsdl(*args, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`newsdl ARGS` in a subprocess, as a user runs it; never raises on the exit status."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*_NEWSDL, *map(str, args)], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=timeout)
+    """`newsdl ARGS` in a subprocess from the repository root, as conftest's ``run_cli``."""
+    return run_cli(*args, env=env, cwd=ROOT, timeout=timeout)
 
 
 def popen_newsdl(*args, env: dict | None = None) -> subprocess.Popen:

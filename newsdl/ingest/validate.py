@@ -84,7 +84,7 @@ def _value_checks(table: pa.Table) -> list[tuple[str, str, np.ndarray, callable]
     ]
     for name, limit in (("lat", 90.0), ("lon", 180.0)):
         values = table.column(name)
-        checks.append((f"geo_nan", name, _mask(pc.is_nan(values)), lambda i, n=name: f"{n} is NaN"))
+        checks.append(("geo_nan", name, _mask(pc.is_nan(values)), lambda i, n=name: f"{n} is NaN"))
         checks.append(("geo_out_of_range", name, _mask(pc.greater(pc.abs(values), limit)),
                        lambda i, n=name, l=limit: f"{n} {_value(table, n, i)} is out of range [-{l:g}, {l:g}]"))
     for name in ("comments", "shares"):
