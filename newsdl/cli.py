@@ -138,6 +138,13 @@ def status(workspace: Optional[Path] = WorkspaceOpt) -> None:
     typer.echo(f"workspace {ws}")
     for row in stage_states(ws):
         typer.echo(f"  {row['stage']:<10} {row['state']:<11} {row['detail']}")
+    from newsdl.hpc.status import job_rows
+
+    jobs = job_rows(ws)  # jobs that `newsdl submit` recorded, as the scheduler sees them
+    if jobs:
+        typer.echo(f"jobs ({ws / 'jobs' / 'jobs.json'})")
+    for row in jobs:
+        typer.echo(f"  {row['stage']:<20} {row['state']:<9} job {row['job_id']}: {row['detail']}")
 
 
 @app.command()
@@ -157,6 +164,9 @@ def _register_stages() -> None:
     ops_cli.register(app)
     features_cli.register(app)
     tasks_cli.register(app)
+    from newsdl.hpc import cli as hpc_cli
+
+    hpc_cli.register(app)
 
 
 _register_stages()

@@ -68,8 +68,8 @@ CROP_FRACTION = 0.875
 # ---- train / evaluate / predict (none tuned on the sample corpus: each holds on corpora of
 # 1k to 100k articles, the BreakingNews range, on a CPU)
 
-# The tasks this release trains; caption and illustrate come with a later issue.
-TASKS = ("geoloc", "source", "popularity")
+# The tasks this release trains (caption and illustrate: see the section at the end).
+TASKS = ("geoloc", "source", "popularity", "caption", "illustrate")
 
 # Every feature family the heads can read; `--features` picks among them. gaz is geoloc's
 # gazetteer evidence (top places named in the text), useless for the other tasks.
@@ -171,3 +171,128 @@ ACC_KM = (1, 25, 200, 750, 2500)
 
 # Points drawn on the world scatter plot: more is unreadable.
 PLOT_POINTS = 500
+
+# ---- hpc (newsdl submit, pipelines/)
+
+# The scheduler `newsdl submit` writes scripts for when neither --scheduler nor the config says.
+SCHEDULER = "slurm"
+# Image shards (array tasks) of featurize when neither --shards nor the config says: enough to
+# spread the full BreakingNews' ~200k images over a few GPUs, few enough to wait in no queue long.
+SHARDS = 4
+# Seconds of warning SLURM gives before the time limit (--signal=B:USR1@N): a training epoch
+# backup or an abandoned featurize chunk takes far less, and 120 s stays under most KillWait.
+PREEMPT_SIGNAL_SECONDS = 120
+# Requeues a preempted or timed-out job may do before it fails for good: enough to ride out a
+# few preemptions, few enough that a job which never progresses does not loop forever.
+MAX_REQUEUES = 3
+# Exit status of a stage that stopped on SIGUSR1/SIGTERM after checkpointing (EX_TEMPFAIL of
+# sysexits.h, "try again later"): the job script requeues on it, and it is no failure code of ours.
+PREEMPTED_EXIT = 75
+# Resources of every stage unless the config says otherwise: one CPU core, an hour, 8 GB. Small
+# enough to schedule anywhere; the example config shows real values for the full corpus.
+JOB_TIME = "01:00:00"
+JOB_MEM = "8G"
+JOB_CPUS = 1
+# Seconds between two queries of the scheduler in `newsdl submit --wait`: squeue is cheap, but
+# clusters ask users not to poll the controller more often than this.
+WAIT_POLL_SECONDS = 10
+
+# ---- caption / illustrate (the image-and-text tasks; issue 6)
+
+# The tasks that work per image rather than per article, dispatched to their own modules.
+MULTIMODAL_TASKS = ("caption", "illustrate")
+# The article's text features these tasks read: the word2vec mean (topic, places named) and max
+# (the strongest single words), as in the BreakingNews baselines.
+MULTIMODAL_TEXT = ("w2v_mean", "w2v_max")
+# Adam's usual step; both models are small and train from scratch.
+MULTIMODAL_LR = 2e-3
+# Epochs without a better val score before stopping: one more than the heads get, because the
+# val score of a sequence model moves in smaller steps.
+MULTIMODAL_PATIENCE = 5
+# Smallest improvement that resets patience, per monitored value (nats of val loss; recall).
+MULTIMODAL_MIN_DELTA = {"val_loss": 1e-3, "val_recall_at_10": 1e-3}
+
+# Caption words kept in the vocabulary: seen at least this many times in training captions
+# (rarer ones become <unk>: a word seen once or twice cannot be learned), at most this many.
+CAPTION_MIN_COUNT = 3
+CAPTION_VOCAB_MAX = 10_000
+# Words per caption, longer ones cut: news captions average 15-25 words; 30 covers nearly all
+# of them and bounds decoding.
+CAPTION_MAX_LEN = 30
+# LSTM width: Show and Tell used 512 on COCO; 256 keeps a CPU epoch over ~10k captions at a few
+# seconds, with room for a vocabulary of thousands of words.
+CAPTION_UNITS = 256
+# Word embedding size. Longer word2vec vectors (300-d) are projected on their first principal
+# axes: 128 keeps most of their variance and cuts the LSTM's input kernel (and CPU time per step)
+# by more than half; the PCA is fitted on the vectors of the most frequent words.
+CAPTION_EMBED = 128
+CAPTION_PCA_WORDS = 20_000
+# Dropout on the image/context inputs, words and LSTM outputs (Show and Tell's main regulariser),
+# and a mild L2 on every kernel.
+CAPTION_DROPOUT = 0.3
+CAPTION_L2 = 1e-5
+# Clip the gradient norm: LSTMs occasionally take exploding steps early in training.
+CAPTION_CLIPNORM = 5.0
+# At most this many epochs (early stopping on val loss ends most runs sooner). On a CPU an epoch
+# of the LSTM costs ~1 s per thousand captions, and the demo's share of its ten minutes is about
+# one: a larger corpus gets more updates per epoch and needs fewer epochs anyway.
+CAPTION_EPOCHS = 15
+# Captions per step: 128 halves the per-step overhead of the LSTM's time loop on a CPU and still
+# gives ~25 updates per epoch on a few thousand captions.
+CAPTION_BATCH = 128
+# Condition the decoder on the article's w2v_mean as well as on the image: a news caption names
+# the story's people and places, which no pixel shows.
+CAPTION_CONTEXT = "article"
+# Beam width: 3 gets most of beam search's gain over greedy (Vinyals et al. found larger beams
+# no better) at 3x the cost of greedy.
+CAPTION_BEAM = 3
+# Length normalisation: hypotheses are ranked by logprob / length**alpha; 0.7 (as in GNMT's
+# 0.6-0.7) offsets the bias of summed log-probabilities to short captions without favouring long ones.
+CAPTION_LENGTH_ALPHA = 0.7
+# Images decoded per batch (x beam hypotheses per step call): bounds memory at any corpus size.
+CAPTION_DECODE_BATCH = 512
+# Test captions printed in metrics.json as examples.
+CAPTION_EXAMPLES = 8
+
+# Two-tower retrieval model: each side (text, FC7) gets one hidden layer and a projection to a
+# shared unit-length space of this size; 128 is plenty for ranking a few thousand items.
+ILLUSTRATE_HIDDEN = 512
+ILLUSTRATE_DIM = 128
+ILLUSTRATE_DROPOUT = 0.3
+ILLUSTRATE_L2 = 1e-4
+# Temperature of the symmetric contrastive (InfoNCE) loss: CLIP's initial 0.07 sharpens the softmax
+# enough that in-batch negatives matter, without making the loss depend on a few pairs only.
+ILLUSTRATE_TEMPERATURE = 0.07
+# More pairs per step give more in-batch negatives, the signal of a contrastive loss.
+ILLUSTRATE_BATCH = 128
+ILLUSTRATE_EPOCHS = 40
+# CCA baseline: regularisation (a share of each covariance's mean eigenvalue, added to its
+# diagonal) tried on val, as the other baselines tune theirs; FC7 is 4096-d and often has fewer
+# training images than dimensions, so some is always needed.
+CCA_REGS = (1e-3, 1e-2, 1e-1, 1.0)
+# Canonical dimensions kept, and the power of the canonical correlations that weighs them in the
+# shared space (Gong et al. 2014: weighing by the correlation beats plain cosine).
+CCA_DIMS = 128
+CCA_POWER = 4
+# Recall@K reported for both retrieval directions, and queries ranked per matrix product: 256
+# keeps a block of 10k scores per query near the CPU's caches while the comparisons run (measured
+# fastest of 64-1024 at 10k x 10k), and 256 x 100k candidates is only 100 MB of float32.
+RECALL_AT = (1, 5, 10)
+RANK_BLOCK = 256
+
+# ---- distributed (`newsdl train TASK --distributed slurm|tf_config`)
+
+# First port of a SLURM job step's workers (--distributed slurm; NEWSDL_DIST_PORT overrides it): above
+# the registered services, below Linux's ephemeral range (32768+), where outgoing connections take theirs.
+DIST_PORT_BASE = 20000
+# A step's workers on one node take consecutive ports from a slot of this many (tasks per node are
+# fewer on any current node), and the slot is (job id x 7 + step id) modulo DIST_PORT_SLOTS: jobs that
+# share a node seldom collide, and the ports stay under 32768.
+DIST_PORT_STRIDE = 64
+DIST_PORT_SLOTS = 200
+# How far a distributed run's per-epoch losses (and weights) may be from the single-process run's,
+# relative, for the same global batch and seed (tests/test_distributed.py). The all-reduce adds in
+# another order, so equality is not bitwise; measured on 2 workers, 4 epochs: ~2e-7. 1e-4 leaves
+# room for longer runs' float32 drift and still fails any real difference (a wrong loss scale or
+# batch split moves the val loss by 1e-3 or more in one epoch).
+DIST_VAL_LOSS_RTOL = 1e-4

@@ -37,3 +37,7 @@ def ingested_workspace(tmp_path_factory, sample_corpus) -> Path:
     ws = tmp_path_factory.mktemp("workspace")
     ingest([sample_corpus / "articles.jsonl"], ws, images_root=sample_corpus)
     return ws
+
+
+# The private SLURM cluster (tests/slurm_harness.py): a session fixture for the scheduler tests.
+from slurm_harness import slurm_cluster  # noqa: E402,F401

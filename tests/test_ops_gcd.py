@@ -209,3 +209,32 @@ def test_second_derivatives_fail_loudly():
                 d = great_circle_distance(y, z, degrees=False, backend="op")
             g = inner.gradient(d, z)
         outer.gradient(g, z)
+
+
+def test_gradient_when_the_op_first_loads_inside_an_autograph_function(tmp_path):
+    """Custom training loops (distributed training) first touch the op inside a tf.function, where
+    AutoGraph converts the loader: the gradient must not depend on module globals it assigns."""
+    require_op()
+    import subprocess
+    import sys
+
+    script = tmp_path / "first_use.py"
+    script.write_text(
+        "import numpy as np, tensorflow as tf\n"
+        "from newsdl.ops import great_circle_distance\n"
+        "y = tf.constant([[48.8566, 2.3522]], tf.float64)\n"
+        "z = tf.Variable([[40.7128, -74.0060]], dtype=tf.float64)\n"
+        "@tf.function\n"
+        "def step():\n"
+        "    with tf.GradientTape() as tape:\n"
+        "        d = tf.reduce_sum(great_circle_distance(y, z, backend='op'))\n"
+        "    return d, tape.gradient(d, z)\n"
+        "d, g = step()\n"
+        "print(repr(float(d)), repr(g.numpy().tolist()))\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    d, g = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    _, _, g_eager = distance_and_grads(np.array([[48.8566, 2.3522]]), np.array([[40.7128, -74.0060]]), "op",
+                                       degrees=True, radius_km=6371.0088)
+    np.testing.assert_allclose(float(d), 5837.248966566374, rtol=1e-12)
+    np.testing.assert_allclose(np.array(eval(g)), g_eager, rtol=1e-10)

@@ -81,6 +81,6 @@ def test_predict_with_only_bad_records_exits_2_naming_the_line_and_field(trained
     assert not (tmp_path / "o.jsonl").exists()
     for args, needle in ((["predict", "geoloc", tmp_path / "missing.jsonl"], "no such file"),
                          (["predict", "geoloc", path, "--out", tmp_path / "o.csv"], "--out"),
-                         (["predict", "illustrate", path], "TASK 'illustrate'")):
+                         (["predict", "weather", path], "TASK 'weather'")):
         result = run_newsdl(*args, "-w", trained_workspace)
         assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, args

@@ -225,7 +225,7 @@ def test_gazetteer_ranks_places_and_resolves_names():
 
 def test_cli_user_errors_exit_2_with_one_line(featurized_workspace, tmp_path):  # noqa: F811
     cases = [
-        (["train", "caption", "-w", featurized_workspace], "TASK 'caption'"),
+        (["train", "weather", "-w", featurized_workspace], "TASK 'weather'"),
         (["train", "source", "-w", featurized_workspace, "--features", "bogus"], "bogus"),
         (["train", "source", "-w", featurized_workspace, "--head", "cells"], "--head"),
         (["train", "geoloc", "-w", featurized_workspace, "--head", "nope"], "--head nope"),
@@ -238,8 +238,8 @@ def test_cli_user_errors_exit_2_with_one_line(featurized_workspace, tmp_path):  
         assert result.returncode == 2, (args, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr, (args, result.stderr)
-    for task in ("geoloc", "source", "popularity"):
-        assert task in run_newsdl("train", "caption").stderr
+    for task in ("geoloc", "source", "popularity", "caption", "illustrate"):
+        assert task in run_newsdl("train", "weather").stderr
 
 
 def test_help_does_not_import_tensorflow():

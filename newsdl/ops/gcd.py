@@ -71,16 +71,21 @@ def _load(build: bool = True) -> _Library | None:
         except (tf.errors.OpError, OSError) as err:
             _library = _Library(None, str(built.path), built.cuda, f"{built.path} does not load: {err}")
             return _library
-        _register_gradient()
+        _register_gradient(module)
         _library = _Library(module, str(built.path), built.cuda, "")
         return _library
 
 
-def _register_gradient() -> None:
+def _register_gradient(module) -> None:
     global _gradient_registered
     if _gradient_registered:
         return
     import tensorflow as tf
+
+    # Bound now, not looked up as the module global _library at call time: AutoGraph, which
+    # converts the gradient function inside a tf.function (custom training loops), does not see
+    # globals assigned after import.
+    grad_op = module.great_circle_distance_grad
 
     @tf.RegisterGradient("GreatCircleDistance")
     def _great_circle_distance_grad(op, grad_dist, grad_jac):
@@ -89,7 +94,7 @@ def _register_gradient() -> None:
         del grad_jac
         if grad_dist is None:
             return [None, None]
-        grad_y, grad_z = _library.module.great_circle_distance_grad(grad_dist, op.outputs[1])
+        grad_y, grad_z = grad_op(grad_dist, op.outputs[1])
         return [grad_y, grad_z]
 
     _gradient_registered = True

@@ -1,4 +1,5 @@
-"""Task heads: geolocation, source and popularity (`newsdl train / evaluate / predict`).
+"""Task heads: geolocation, source and popularity, and the image-and-text tasks caption and
+illustrate (newsdl.tasks.caption, newsdl.tasks.illustrate) (`newsdl train / evaluate / predict`).
 
 The Python API, for `newsdl demo`, HPC jobs and scripts:
 

@@ -37,20 +37,42 @@ def train(
         f"{', '.join(td.FEATURE_GROUPS)} [default: every one the workspace has]"),
     head: Optional[str] = typer.Option(None, help="geoloc only: regress, cells, or auto (both, keep the better on "
                                        "val mean km) [default: auto]"),
-    epochs: int = typer.Option(td.EPOCHS, help="At most this many epochs (early stopping on val ends most runs sooner)"),
-    batch_size: int = typer.Option(td.BATCH_SIZE, help="Articles per training step"),
-    lr: float = typer.Option(td.LEARNING_RATE, help="Adam's learning rate"),
-    patience: int = typer.Option(td.PATIENCE, help="Epochs without a better val score before stopping"),
+    epochs: Optional[int] = typer.Option(None, help="At most this many epochs (early stopping on val ends most runs "
+                                         f"sooner) [default: {td.EPOCHS}; caption {td.CAPTION_EPOCHS}, illustrate "
+                                         f"{td.ILLUSTRATE_EPOCHS}]"),
+    batch_size: Optional[int] = typer.Option(None, help=f"Articles (caption, illustrate: images) per training step "
+                                             f"[default: {td.BATCH_SIZE}; caption {td.CAPTION_BATCH}, illustrate "
+                                             f"{td.ILLUSTRATE_BATCH}]"),
+    lr: Optional[float] = typer.Option(None, help=f"Adam's learning rate [default: {td.LEARNING_RATE}; caption and "
+                                       f"illustrate {td.MULTIMODAL_LR}]"),
+    patience: Optional[int] = typer.Option(None, help="Epochs without a better val score before stopping "
+                                           f"[default: {td.PATIENCE}; caption and illustrate "
+                                           f"{td.MULTIMODAL_PATIENCE}]"),
+    context: Optional[str] = typer.Option(None, help="caption only: none (the image alone) or article (the image "
+                                          f"and the article's word2vec mean) [default: {td.CAPTION_CONTEXT}]"),
+    beam: Optional[int] = typer.Option(None, help="caption only: beam width that evaluate and predict use unless "
+                                       f"they say otherwise (1: greedy) [default: {td.CAPTION_BEAM}]"),
     seed: Optional[int] = typer.Option(None, help="Random seed: the same seed gives the same model on a CPU "
                                        "[default: 1234]"),
     force: bool = typer.Option(False, help="Retrain even if the model is up to date (a killed run resumes "
                                "without it)"),
+    distributed: str = typer.Option("none", help="none: this process; slurm: one worker per task of the SLURM "
+                                    "job step (`srun -n N ...`); tf_config: the workers that $TF_CONFIG names"),
 ) -> None:
     """Train a task's model on WORKSPACE's features into WORKSPACE/models/TASK/."""
+    if distributed != "none":
+        from newsdl.tasks.distributed import check_environment
+
+        check_environment(distributed)  # a usage mistake exits 2 before TensorFlow loads
     from newsdl.tasks.train import train_task
 
     s = train_task(_ws(workspace), _task(task), features=features, force=force, head=head, epochs=epochs,
-                   batch_size=batch_size, lr=lr, seed=seed, patience=patience)
+                   batch_size=batch_size, lr=lr, seed=seed, patience=patience,
+                   **({"distributed": distributed} if distributed != "none" else {}),
+                   **({k: v for k, v in (("context", context), ("beam", beam)) if v is not None}))
+    if s.get("chief") is False:
+        typer.echo(f"train {task}: worker done ({s.get('workers', '?')} workers); the chief writes the model")
+        return
     state = "up to date, nothing done" if s.get("skipped") else "done"
     typer.echo(f"train {task} {state}: head {s.get('head')}, features {','.join(s.get('features', []))}; "
                f"{s.get('n_train')} train / {s.get('n_val')} val articles; best epoch {s.get('best_epoch')} of "
@@ -61,12 +83,14 @@ def evaluate(
     task: str = typer.Argument(..., help=_TASK_HELP, metavar="TASK"),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=_WS_HELP),
     force: bool = typer.Option(False, help="Recompute even if metrics.json is up to date"),
+    beam: Optional[int] = typer.Option(None, help="caption only: beam width, 1 for greedy [default: the one "
+                                       "train was given]"),
 ) -> None:
     """Test metrics of the model and of every baseline, in one run: metrics.json, plots, a table."""
     from newsdl.tasks.evaluate import evaluate_task, format_table
 
     ws = _ws(workspace)
-    metrics = evaluate_task(ws, _task(task), force=force)
+    metrics = evaluate_task(ws, _task(task), force=force, **({"beam": beam} if beam is not None else {}))
     typer.echo(format_table(metrics))
     typer.echo(f"-> {ws / 'models' / task / 'metrics.json'}")
 
@@ -79,14 +103,17 @@ def predict(
                                        "WORKSPACE/models/TASK/predictions/INPUT.jsonl]"),
     images_root: Optional[Path] = typer.Option(None, help="Folder that image paths are relative to "
                                                "[default: INPUT's folder]"),
+    beam: Optional[int] = typer.Option(None, help="caption only: beam width, 1 for greedy [default: the one "
+                                       "train was given]"),
 ) -> None:
     """Predict TASK for new articles with the trained model (validated and featurized as the corpus was)."""
     from newsdl.tasks.predict import predict_task
 
-    r = predict_task(_ws(workspace), _task(task), input, out=out, images_root=images_root)
+    r = predict_task(_ws(workspace), _task(task), input, out=out, images_root=images_root,
+                     **({"beam": beam} if beam is not None else {}))
     rejected = f"; rejected {r['rejected']} records, {r['images_rejected']} images: {r['rejected_file']}" \
         if r["rejected_file"] else ""
-    typer.echo(f"predict {task}: {r['predicted']} articles -> {r['out']}{rejected}")
+    typer.echo(f"predict {task}: {r['predicted']} {r.get('unit', 'articles')} -> {r['out']}{rejected}")
 
 
 def register(app: typer.Typer) -> None:

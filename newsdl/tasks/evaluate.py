@@ -22,10 +22,21 @@ log = logging.getLogger("newsdl.tasks")
 METRICS = "metrics.json"
 
 
-def evaluate_task(ws: Path, task: str, *, force: bool = False) -> dict:
+def evaluate_task(ws: Path, task: str, *, force: bool = False, beam: int | None = None) -> dict:
     """Evaluate TASK's trained model in ``ws``; write and return metrics.json's content.
-    Up to date (same model, same inputs): returns the stored metrics at once."""
+    Up to date (same model, same inputs): returns the stored metrics at once.
+    ``beam``: caption only, the beam width (None: the one it was trained with)."""
     import json
+
+    from newsdl import defaults as td
+
+    if task in td.MULTIMODAL_TASKS:  # caption, illustrate: their own modules
+        import importlib
+
+        if beam is not None and task != "caption":
+            raise UserError(f"--beam {beam}: only caption has this option")
+        return importlib.import_module(f"newsdl.tasks.{task}").evaluate(
+            ws, force=force, **({"beam": beam} if beam is not None else {}))
 
     ws = Path(ws)
     mod = task_module(task)
@@ -103,9 +114,17 @@ def format_table(metrics: dict) -> str:
     def cell(v):
         return f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}"
 
-    lines = [f"{metrics['task']}: {metrics['n_test']} test articles ({metrics['n_train']} train)",
+    # caption counts images; illustrate ranks test articles but trains on image-text pairs.
+    test_unit, train_unit = {"caption": ("images", "images"), "illustrate": ("articles", "pairs")}.get(
+        metrics["task"], ("articles", "articles"))
+    lines = [f"{metrics['task']}: {metrics['n_test']} test {test_unit} ({metrics['n_train']} train {train_unit})",
              f"{head[0]:<{width}} " + " ".join(f"{h:>10}" for h in head[1:])]
     lines += [f"{r[0]:<{width}} " + " ".join(cell(v) for v in r[1:]) for r in rows]
+    if isinstance(metrics["test"].get("image_to_text"), dict):  # illustrate's other direction
+        nested = [["model", *(metrics["test"]["image_to_text"][k] for k in keys)]]
+        nested += [[name, *(b["image_to_text"][k] for k in keys)] for name, b in metrics["baselines"].items()]
+        lines.append("image_to_text:")
+        lines += [f"{r[0]:<{width}} " + " ".join(cell(v) for v in r[1:]) for r in nested]
     verdict = "beats" if metrics.get("beats_every_baseline") else "does NOT beat"
     lines.append(f"the model {verdict} every baseline on {main} (* main metric)")
     return "\n".join(lines)

@@ -12,9 +12,13 @@ KEYS = {
     "geoloc": ("median_km", "mean_km", *(f"acc_{km}km" for km in td.ACC_KM)),
     "source": ("accuracy", "macro_f1"),
     "popularity": ("spearman", "mae_log"),
+    "caption": ("bleu1", "bleu4", "meteor", "rouge_l", "cider"),
+    # text-to-image; the image-to-text direction is a nested "image_to_text" object with the same keys
+    "illustrate": ("recall_at_1", "recall_at_5", "recall_at_10", "median_rank"),
 }
 # The metric each task's default model must win on, and whether higher is better.
-MAIN = {"geoloc": ("mean_km", False), "source": ("accuracy", True), "popularity": ("spearman", True)}
+MAIN = {"geoloc": ("mean_km", False), "source": ("accuracy", True), "popularity": ("spearman", True),
+        "caption": ("cider", True), "illustrate": ("recall_at_10", True)}
 
 
 def gcd_km(lat1, lon1, lat2, lon2) -> np.ndarray:

@@ -108,9 +108,16 @@ def _image_features(ws: Path, table, root: Path, saved):
 
 
 def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = None,
-                 images_root: Path | None = None) -> dict:
+                 images_root: Path | None = None, beam: int | None = None) -> dict:
     """Predict TASK for the articles of INPUT; write them to ``out`` (.jsonl or .parquet).
-    Returns {out, predicted, rejected, rejected_file}."""
+    Returns {out, predicted, rejected, rejected_file}. ``beam``: caption only."""
+    if task in td.MULTIMODAL_TASKS:  # caption, illustrate: their own modules
+        import importlib
+
+        if beam is not None and task != "caption":
+            raise UserError(f"--beam {beam}: only caption has this option")
+        return importlib.import_module(f"newsdl.tasks.{task}").predict(
+            ws, input_path, out=out, images_root=images_root, **({"beam": beam} if beam is not None else {}))
     ws, input_path = Path(ws), Path(input_path).expanduser()
     mod = task_module(task)
     saved = read_saved(ws, task)

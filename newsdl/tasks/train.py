@@ -43,6 +43,7 @@ from newsdl import defaults, workspace  # noqa: E402
 from newsdl.errors import UserError  # noqa: E402
 from newsdl import defaults as td  # noqa: E402
 from newsdl.tasks.data import dataset, load_corpus, upstream  # noqa: E402
+from newsdl.tasks.preempt import StopOnSignal  # noqa: E402
 from newsdl.tasks.prepare import (CONFIG, HISTORY, MODEL, fit_inputs, model_inputs,  # noqa: E402
                                   resolve_features, save_fitted, split_rows, task_module)
 
@@ -81,12 +82,25 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def train_task(ws: Path, task: str, *, features=None, force: bool = False, **options) -> dict:
+def train_task(ws: Path, task: str, *, features=None, force: bool = False, distributed: str | None = None,
+               **options) -> dict:
     """Train TASK's model in workspace ``ws``; return a summary (folder, head, val score, ...).
 
     ``features``: a comma list or list of families (None: all available). ``options``: head,
     epochs, batch_size, lr, seed, patience (None: the defaults). Up to date: returns at once.
+    ``distributed``: "slurm" or "tf_config" trains on the workers of a multi-worker job
+    (newsdl.tasks.distributed); None or "none": this process alone.
     """
+    if task in td.MULTIMODAL_TASKS:  # caption, illustrate: per-image tasks with their own modules
+        import importlib
+
+        if distributed not in (None, "none"):
+            raise UserError(f"--distributed {distributed}: {task} trains in one process only")
+        return importlib.import_module(f"newsdl.tasks.{task}").train(ws, features=features, force=force, **options)
+    if distributed not in (None, "none"):
+        from newsdl.tasks.distributed import train_distributed
+
+        return train_distributed(ws, task, mode=distributed, features=features, force=force, **options)
     ws = Path(ws)
     mod = task_module(task)
     s = settings(task, **options)
@@ -121,12 +135,7 @@ def train_task(ws: Path, task: str, *, features=None, force: bool = False, **opt
         log.info("%s: --head auto: %s", task, ", ".join(f"{h} val {r['val_score']:.1f}" for h, r in runs.items())
                  + f" -> {best}")
 
-    run_dir = folder / "runs" / best
-    with workspace.atomic_path(folder / MODEL) as tmp:
-        shutil.copyfile(run_dir / "best.keras", tmp)
-    with workspace.atomic_path(folder / HISTORY) as tmp:
-        shutil.copyfile(run_dir / "history.csv", tmp)
-    save_fitted(folder, objects)
+    publish_run(folder, folder / "runs" / best, objects)
     summary = {"task": task, "folder": str(folder), "head": best, "features": chosen,
                "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
                "val_score": runs[best]["val_score"], "best_epoch": runs[best]["best_epoch"],
@@ -139,6 +148,15 @@ def train_task(ws: Path, task: str, *, features=None, force: bool = False, **opt
                              counts={"train": summary["n_train"], "val": summary["n_val"]},
                              outputs=outputs, started=started, extra={"task": task, "head": best})
     return summary
+
+
+def publish_run(folder: Path, run_dir: Path, objects: dict) -> None:
+    """Copy a finished run's best model and history to the task folder, with what was fitted."""
+    with workspace.atomic_path(folder / MODEL) as tmp:
+        shutil.copyfile(run_dir / "best.keras", tmp)
+    with workspace.atomic_path(folder / HISTORY) as tmp:
+        shutil.copyfile(run_dir / "history.csv", tmp)
+    save_fitted(folder, objects)
 
 
 def prepare(ws: Path, mod, corpus, features: list[str], seed: int):
@@ -231,16 +249,30 @@ def _fit(run_dir, log_dir, mod, head, corpus, x, rows, features, fitted, s) -> N
         keras.callbacks.CSVLogger(str(history_path), append=True),
         # ModelCheckpoint writes a temporary file and Publish renames it: a kill mid-save never
         # leaves a broken best.keras.
+        # The untrained model is a tuned closed-form model (or the gazetteer look-up): a trained
+        # epoch replaces it only when it is better on val by MIN_DELTA, not by the noise of a few
+        # hundred val articles.
         keras.callbacks.ModelCheckpoint(str(tmp_best), monitor=monitor, mode="min", save_best_only=True,
-                                        initial_value_threshold=best),
+                                        initial_value_threshold=_threshold(best, initial, history, monitor,
+                                                                           td.MIN_DELTA[mod.NAME])),
         Publish(tmp_best, run_dir / "best.keras"),
         stopper,
         *_tensorboard(log_dir),
         # Last, so that a backed-up epoch has its history row and checkpoint already written.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        StopOnSignal(),  # after the backup: on SIGUSR1/SIGTERM, exit 75 so the job requeues and resumes
     ]
     model.fit(train_ds, validation_data=val_ds, epochs=s["epochs"], steps_per_epoch=steps,
               callbacks=callbacks, verbose=0, shuffle=False)
+
+
+def _threshold(best, initial, history, monitor: str, min_delta: float):
+    """What a checkpoint must beat: the best so far, less min_delta while the untrained model holds it."""
+    if best is None:
+        return None
+    trained = [r[monitor] for r in history if monitor in r]
+    held_by_initial = initial is not None and (not trained or initial <= min(trained))
+    return best - min_delta if held_by_initial else best
 
 
 def _describe_init(init: dict) -> dict:
@@ -270,8 +302,11 @@ def _finish(run_dir, mod, head, corpus, x, rows, fitted, s) -> dict:
     history = _history(run_dir / "history.csv", None)
     run = _read_json(run_dir / "run.json")
     key = run.get("monitor", "val_loss")
-    scores = [(run.get("initial", np.inf), 0)] + [(r.get(key, np.inf), int(r["epoch"]) + 1) for r in history]
-    best_epoch = min(scores)[1]  # 0: the untrained model won
+    # Replayed as ModelCheckpoint decided: 0 when the untrained model was never beaten by MIN_DELTA.
+    bar, best_epoch = run.get("initial", np.inf) - td.MIN_DELTA[mod.NAME], 0
+    for r in history:
+        if r.get(key, np.inf) < bar:
+            bar, best_epoch = r[key], int(r["epoch"]) + 1
     done = {"head": head, "val_score": round(float(mod.val_score(val, pred, fitted)), 6),
             "best_epoch": best_epoch, "epochs_run": len(history)}
     workspace.write_json(run_dir / "done.json", done)

@@ -1,0 +1,184 @@
+"""Caption task: vocabulary, the LSTM decoder (training lowers the loss; beam search scores never
+worse than greedy, and the scores are the sequences' true log-probabilities), the COCO metrics on
+known pairs, and train/evaluate/predict end to end on the small featurized workspace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from test_tasks_support import copy_workspace, featurized_workspace, run_newsdl  # noqa: F401
+
+JAVA = shutil.which("java") is not None
+needs_java = pytest.mark.skipif(not JAVA, reason="the COCO caption metrics run java (CI installs a JRE)")
+
+
+def test_vocabulary_counts_specials_and_round_trip(tmp_path):
+    from newsdl.errors import UserError
+    from newsdl.tasks import caption_model as cm
+
+    tokens = [["a", "red", "flag"], ["a", "red", "car"], ["a", "blue", "flag"], ["a", "red", "flag", "in", "x"]]
+    vocab = cm.Vocabulary.build(tokens, min_count=2)
+    assert vocab.words[:4] == ["<pad>", "<unk>", "<start>", "<end>"]
+    assert vocab.words[4:] == ["a", "flag", "red"]  # by count, ties alphabetically; car, blue, in, x are rare
+    assert vocab.encode(["a", "blue", "flag"]) == [4, cm.UNK_ID, 5]
+    inp, out = cm.sequences([["a", "red"], ["flag", "a", "red", "flag"]], vocab, max_len=3)
+    assert inp.tolist() == [[2, 4, 6, 0], [2, 5, 4, 6]]
+    assert out.tolist() == [[4, 6, 3, 0], [5, 4, 6, 3]]  # cut at max_len, then <end>
+    assert vocab.decode([4, 1, 6, 3, 5]) == "a <unk> red" and vocab.decode([4, 1, 6], unk=False) == "a red"
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps(vocab.to_json()))
+    assert cm.Vocabulary.load(path).words == vocab.words
+    path.write_text(json.dumps({"words": ["a", "b"]}))
+    with pytest.raises(UserError, match="vocab.json: field 'words'"):
+        cm.Vocabulary.load(path)
+
+    # Word2vec initialisation: caption words with a vector get it (projected to the embedding size
+    # by PCA when longer), the others random rows, padding zeros.
+    from gensim.models import KeyedVectors
+
+    kv = KeyedVectors(40)
+    rng = np.random.default_rng(0)
+    kv.add_vectors(["flag", "red", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8"], rng.normal(size=(10, 40)))
+    mat, found = cm.embedding_init(vocab, kv, 8, seed=1)
+    assert mat.shape == (len(vocab), 8) and found == 2 and not mat[cm.PAD_ID].any()
+    # The two words keep their relation: their projections differ like the vectors do.
+    vecs = kv.vectors.astype(np.float64)
+    axes = np.linalg.svd(vecs - vecs.mean(0), full_matrices=False)[2][:8]
+    expected = (np.stack([kv["flag"], kv["red"]]) - vecs.mean(0)) @ axes.T
+    assert np.corrcoef(mat[5], mat[6])[0, 1] == pytest.approx(np.corrcoef(*expected)[0, 1], abs=1e-4)
+
+
+@needs_java
+def test_metrics_on_known_pairs_give_known_values():
+    from newsdl.tasks.caption_metrics import caption_scores
+
+    ref = "a man rides a brown horse on the beach"
+    hyp = "a man rides a red horse on the beach"
+    s = caption_scores([[ref]], {"pair": [hyp], "same": [ref], "empty": [""]})
+    # By hand: 8 of 9 unigrams; bigrams 6/8, trigrams 4/7, 4-grams 2/6, equal lengths (no brevity penalty).
+    assert s["pair"]["bleu1"] == pytest.approx(8 / 9, abs=1e-6)
+    assert s["pair"]["bleu4"] == pytest.approx((8 / 9 * 6 / 8 * 4 / 7 * 2 / 6) ** 0.25, abs=1e-6)
+    # ROUGE-L: the longest common subsequence is 8 words of 9 on both sides.
+    assert s["pair"]["rouge_l"] == pytest.approx(8 / 9, abs=1e-6)
+    # METEOR 1.5 (the jar's English parameters): 8 matches in 2 chunks.
+    assert s["pair"]["meteor"] == pytest.approx(0.45919, abs=2e-4)
+    assert s["same"]["bleu1"] == pytest.approx(1.0, abs=1e-6) and s["same"]["meteor"] == pytest.approx(1.0)
+    assert all(v == 0.0 for v in s["empty"].values())
+    # CIDEr-D: identical captions of distinct images score 10 (its x10 scale); a wrong one scores less.
+    refs = [["three red flags at a rally"], ["one blue bed outside a hospital"], ["four green graphs on a screen"]]
+    c = caption_scores(refs, {"same": [r[0] for r in refs],
+                              "swapped": [refs[1][0], refs[0][0], refs[2][0]]})
+    assert c["same"]["cider"] == pytest.approx(10.0, abs=1e-6)
+    assert c["swapped"]["cider"] == pytest.approx(10.0 / 3, abs=1e-6)  # one image of three right
+
+
+def _toy(n=240, seed=0):
+    """Images in 4 clusters of 16-d features, each cluster with its caption (2 words vary)."""
+    from newsdl.tasks import caption_model as cm
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (4, 16))
+    cluster = rng.integers(0, 4, n)
+    fc7 = (centres[cluster] + 0.3 * rng.normal(0, 1, (n, 16))).astype(np.float32)
+    objects = ["flags", "beds", "graphs", "tents"]
+    colours = ["red", "blue", "green"]
+    tokens = [["three", colours[rng.integers(0, 3)], objects[c], "in", "the", "city"] for c in cluster]
+    vocab = cm.Vocabulary.build(tokens, min_count=1)
+    inp, out = cm.sequences(tokens, vocab, max_len=8)
+    return fc7, vocab, inp, out
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_beam_is_never_worse_than_greedy():
+    import keras
+
+    from newsdl.tasks import caption_model as cm
+
+    keras.utils.set_random_seed(3)
+    fc7, vocab, inp, out = _toy()
+    emb, _ = cm.embedding_init(vocab, None, 32, seed=3)
+    model = cm.build(len(vocab), fc7, None, embedding=emb, units=64, max_len=8)
+    cm.compile_model(model, 3e-3)
+    weight = (out != cm.PAD_ID).astype(np.float32)
+    before = model.evaluate({"fc7": fc7, "words": inp}, out, sample_weight=weight, verbose=0)
+    hist = model.fit({"fc7": fc7, "words": inp}, out, sample_weight=weight, batch_size=32, epochs=3, verbose=0)
+    losses = hist.history["loss"]
+    after = model.evaluate({"fc7": fc7, "words": inp}, out, sample_weight=weight, verbose=0)
+    assert losses[-1] < losses[0] and after < 0.7 * before, (before, losses, after)
+
+    dec = cm.Decoder(model)
+    assert dec.max_len == 8 and not dec.has_context
+    g_ids, g_lp, g_len = dec.greedy(fc7[:40])
+    for alpha in (0.0, 0.7):
+        b_ids, b_lp, b_len = dec.beam(fc7[:40], beam=3, alpha=alpha)
+        # The scores are the sequences' log-probabilities, recomputed independently by teacher forcing.
+        np.testing.assert_allclose(dec.sequence_logprob(fc7[:40], None, b_ids), b_lp, atol=1e-4)
+        np.testing.assert_allclose(dec.sequence_logprob(fc7[:40], None, g_ids), g_lp, atol=1e-4)
+        assert np.all(b_lp / np.maximum(b_len, 1) ** alpha >= g_lp / np.maximum(g_len, 1) ** alpha - 1e-6)
+    b1 = dec.beam(fc7[:40], beam=1)
+    np.testing.assert_array_equal(b1[0], g_ids)
+    # The trained decoder names the cluster's object: the image drives the caption.
+    words = [vocab.decode(i).split() for i in g_ids]
+    assert all(len(w) >= 3 for w in words) and len({w[2] for w in words}) >= 3
+
+
+@pytest.fixture(scope="module")
+def caption_workspace(featurized_workspace, tmp_path_factory):  # noqa: F811
+    from newsdl.tasks import evaluate_task, train_task
+
+    ws = copy_workspace(featurized_workspace, tmp_path_factory.mktemp("caption") / "ws")
+    summary = train_task(ws, "caption", epochs=2, batch_size=16, seed=7)
+    metrics = evaluate_task(ws, "caption") if JAVA else None
+    return ws, summary, metrics
+
+
+@pytest.mark.slow
+@needs_java
+def test_caption_end_to_end(caption_workspace, sample_corpus, tmp_path):
+    import keras
+
+    from newsdl.tasks import evaluate_task, format_table, predict_task, train_task
+    from newsdl.tasks import metrics as M
+
+    ws, summary, metrics = caption_workspace
+    folder = ws / "models" / "caption"
+    for name in ("model.keras", "vocab.json", "config.json", "history.csv", "metrics.json", "manifest.json"):
+        assert (folder / name).is_file(), name
+    assert summary["n_train"] > 0 and summary["epochs_run"] <= 2 and summary["context"] == "article"
+    keras.models.load_model(folder / "model.keras", safe_mode=True, compile=False)
+    assert metrics["task"] == "caption" and metrics["n_test"] > 0 and metrics["n_train"] == summary["n_train"]
+    assert list(metrics["test"]) == list(M.KEYS["caption"])
+    assert set(metrics["baselines"]) == {"nearest_neighbour", "most_frequent"}
+    for scores in [metrics["test"], *metrics["baselines"].values()]:
+        assert list(scores) == list(M.KEYS["caption"])
+        assert all(isinstance(v, float) and np.isfinite(v) and v >= 0 for v in scores.values())
+    assert metrics["main_metric"] == "cider" and metrics["model"]["beam"] == 3
+    assert "cider*" in format_table(metrics)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {"metrics.json", "model.keras", "vocab.json"} <= set(manifest["outputs"])
+    # Reruns are no-ops; another beam width is another evaluation.
+    assert train_task(ws, "caption", epochs=2, batch_size=16, seed=7)["skipped"] is True
+    assert evaluate_task(ws, "caption") == metrics
+    greedy = evaluate_task(ws, "caption", beam=1)
+    assert greedy["model"]["beam"] == 1 and greedy["baselines"] == metrics["baselines"]
+
+    out = tmp_path / "captions.jsonl"
+    r = predict_task(ws, "caption", sample_corpus / "articles.jsonl", out=out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert r["predicted"] == len(rows) > 0
+    assert all(isinstance(x["caption"], str) and x["image"] and x["logprob"] <= 0 for x in rows)
+
+
+@pytest.mark.slow
+def test_caption_cli_user_errors(caption_workspace):
+    ws = caption_workspace[0]
+    for args, expected in ((("train", "caption", "--context", "pixels"), "--context pixels"),
+                           (("evaluate", "caption", "--beam", "0"), "--beam 0"),
+                           (("train", "illustrate", "--beam", "2"), "only caption")):
+        r = run_newsdl(*args, "-w", ws)
+        assert r.returncode == 2, r.stderr
+        assert expected in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

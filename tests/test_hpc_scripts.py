@@ -1,0 +1,255 @@
+"""The job scripts of `newsdl submit`, without a scheduler: the config file, reference files for
+both schedulers, the committed examples, bash syntax, and the submission chain against fake
+sbatch/qsub commands. (tests/test_slurm.py runs them on a real SLURM.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from newsdl.errors import UserError
+from newsdl.hpc import config as hpc_config
+from newsdl.hpc.examples import render_examples
+from newsdl.hpc.scripts import render_chain
+
+REF = ROOT / "tests" / "reference" / "hpc"
+# NEWSDL_UPDATE_REFERENCE=1 rewrites the reference files instead of comparing (then review the diff).
+UPDATE = os.environ.get("NEWSDL_UPDATE_REFERENCE") == "1"
+
+
+def _reference_render(scheduler: str) -> dict[str, str]:
+    cfg = hpc_config.load(REF / "cluster.toml")
+    cfg = dataclasses.replace(cfg, source="tests/reference/hpc/cluster.toml")
+    rendered = render_chain(cfg, Path("/scratch/proj42/ws"), [Path("/data/bn/a.jsonl.gz"), Path("/data/bn/b.csv")],
+                            REF / scheduler, scheduler=scheduler, images_root=Path("/data/bn/images"))
+    return {r.path.name: r.text for r in rendered}
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_scripts_match_reference_files(scheduler):
+    rendered = _reference_render(scheduler)
+    folder = REF / scheduler
+    if UPDATE:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered.items():
+            (folder / name).write_text(text)
+    on_disk = {p.name for p in folder.iterdir()}
+    assert on_disk == set(rendered), "reference files differ in names (NEWSDL_UPDATE_REFERENCE=1 rewrites them)"
+    for name, text in rendered.items():
+        assert (folder / name).read_text() == text, f"{folder / name} differs from the render"
+
+
+def test_committed_examples_are_the_example_config_rendered():
+    expected = render_examples(ROOT)
+    for folder, suffix in (("pipelines/slurm", ".sbatch"), ("pipelines/pbs", ".pbs")):
+        on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / folder).glob("*" + suffix)}
+        assert on_disk == {str(p) for p in expected if str(p).startswith(folder)}, \
+            "run: python pipelines/submit.py --examples"
+    for rel, text in expected.items():
+        assert (ROOT / rel).read_text() == text, f"{rel} is stale: run python pipelines/submit.py --examples"
+
+
+def test_slurm_scripts_carry_the_preemption_and_dependency_settings():
+    scripts = _reference_render("slurm")
+    assert set(scripts) == {"ingest.sbatch", "featurize.sbatch", "merge.sbatch", "train-geoloc.sbatch",
+                            "evaluate-geoloc.sbatch", "train-popularity.sbatch", "evaluate-popularity.sbatch"}
+    for name, text in scripts.items():
+        stage = name.removesuffix(".sbatch")
+        assert f"#SBATCH --job-name={stage}\n" in text
+        assert "#SBATCH --output=/scratch/proj42/ws/jobs/logs/%x-%A_%a.out\n" in text
+        for line in ("--open-mode=append", "--signal=B:USR1@300", "--requeue", "--kill-on-invalid-dep=yes",
+                     "--account=proj42", "--qos=normal"):
+            assert f"#SBATCH {line}\n" in text, (name, line)
+        assert "max_requeues=5" in text and 'scontrol requeue "$job"' in text
+        assert 'job="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID}}_${index}"' in text
+    feat = scripts["featurize.sbatch"]
+    assert "#SBATCH --array=0-2\n" in feat and "#SBATCH --gres=gpu:a100:2\n" in feat
+    assert '--shard "${index}/3" --gpu --backbone resnet50 &' in feat
+    assert "--merge --gpu --backbone resnet50 --pretrained-vectors /data/glove &" in scripts["merge.sbatch"]
+    train = scripts["train-geoloc.sbatch"]
+    assert "#SBATCH --ntasks=2\n" in train and "#SBATCH --nodes=2\n" in train and "#SBATCH --time=1-00:00:00\n" in train
+    assert "srun /opt/newsdl/.venv/bin/newsdl train geoloc -w /scratch/proj42/ws --epochs 20 --distributed slurm &" \
+        in train
+    ingest = scripts["ingest.sbatch"]
+    assert "ingest /data/bn/a.jsonl.gz /data/bn/b.csv -w /scratch/proj42/ws --images-root /data/bn/images &" in ingest
+    assert "module load python/3.11 || exit 1\numask 002\nexport NEWSDL_CACHE=\"/scratch/$USER/cache\"" in ingest
+
+
+def test_pbs_scripts():
+    scripts = _reference_render("pbs")
+    feat = scripts["featurize.pbs"]
+    assert "#PBS -J 0-2\n" in feat and "#PBS -l select=1:ncpus=2:mem=4gb:ngpus=2\n" in feat
+    assert "#PBS -q gpu\n#PBS -A proj42\n" in feat and "#PBS -r y\n#PBS -l place=excl\n" in feat
+    assert "--exclusive" not in feat and "#SBATCH --exclusive\n" in _reference_render("slurm")["featurize.sbatch"]
+    assert "#PBS -J" not in scripts["ingest.pbs"]
+    assert "mem=2000mb" in scripts["evaluate-geoloc.pbs"]
+    assert "#PBS -l select=2:ncpus=2:mpiprocs=1:mem=4gb:ngpus=1\n" in scripts["train-geoloc.pbs"]
+    for text in scripts.values():
+        assert 'exec >>"/scratch/proj42/ws/jobs/logs/${PBS_JOBNAME}-${job}.out" 2>&1' in text
+        assert "scontrol" not in text
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+def test_scripts_are_valid_bash(scheduler):
+    for name, text in _reference_render(scheduler).items():
+        proc = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+        assert proc.returncode == 0, (name, proc.stderr)
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    cases = {
+        "shard = 3\n": "shard: unknown key",
+        "scheduler = \"lsf\"\n": "scheduler: 'lsf'",
+        "tasks = [\"nope\"]\n": "tasks: unknown task 'nope'",
+        "[resources]\ntime = \"soon\"\n": "resources.time: 'soon'",
+        "[resources]\ncpus = 0\n": "resources.cpus: must be an integer >= 1",
+        "[stage.fetch]\ncpus = 1\n": "stage.fetch: unknown stage",
+        "[stage.train]\nargs = 3\n": "stage.train.args: must be a list of strings",
+        "[env]\n\"A-B\" = \"x\"\n": "env.A-B: not a shell variable name",
+        "x = [\n": "not valid TOML",
+    }
+    for text, message in cases.items():
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        with pytest.raises(UserError, match=re.escape(message)) as info:
+            hpc_config.load(path)
+        assert str(path) in str(info.value)
+
+
+def test_stage_tables_override_resources_key_by_key():
+    cfg = hpc_config.parse({"resources": {"time": "02:00:00", "cpus": 4}, "stage": {"train": {"cpus": 8}}})
+    assert cfg.stage("train").cpus == 8 and cfg.stage("train").time == "02:00:00"
+    assert cfg.stage("ingest").cpus == 4
+
+
+def test_dry_run_writes_scripts_and_submits_nothing(tmp_path, sample_corpus):
+    ws = tmp_path / "ws"
+    proc = run_cli("submit", sample_corpus / "articles.jsonl", "-w", ws, "--shards", "2", "--tasks", "source",
+                   "--dry-run", env={"PATH": "/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["stage"] for r in lines] == ["ingest", "featurize", "merge", "train-source", "evaluate-source"]
+    assert all(r["job_id"] is None and Path(r["script"]).is_file() for r in lines)
+    assert lines[1]["log"] == str(ws / "jobs" / "logs" / "featurize-%A_%a.out")
+    assert not (ws / "jobs" / "jobs.json").exists()
+
+
+def test_user_errors_are_one_line(tmp_path):
+    proc = run_cli("submit", tmp_path / "missing.jsonl", "-w", tmp_path / "ws", "--dry-run")
+    assert proc.returncode == 2 and "missing.jsonl: input not found" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    proc = run_cli("submit", tmp_path / "a.jsonl", "-w", tmp_path / "ws", "--tasks", "weather", "--dry-run")
+    assert proc.returncode == 2 and "--tasks weather" in proc.stderr
+
+
+def _fake_scheduler(bin_dir: Path, name: str, ids: str) -> Path:
+    """A fake sbatch/qsub that logs its arguments and prints the next job id."""
+    calls = bin_dir / f"{name}.calls"
+    script = bin_dir / name
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        echo "$*" >> {calls}
+        n=$(wc -l < {calls})
+        printf '{ids}\\n' "$((n + 100))"
+        """))
+    script.chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize("scheduler,ids,dep", [("slurm", "%s", "--dependency=afterok:{}"),
+                                               ("pbs", "%s.pbs01", "-W depend=afterok:{}")])
+def test_submit_chains_jobs_with_afterok(tmp_path, sample_corpus, scheduler, ids, dep):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = _fake_scheduler(bin_dir, "sbatch" if scheduler == "slurm" else "qsub", ids)
+    ws = tmp_path / "ws"
+    proc = run_cli("submit", sample_corpus / "articles.jsonl", "-w", ws, "--scheduler", scheduler, "--shards", "3",
+                   "--tasks", "geoloc,source", env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    jobs = [json.loads(line) for line in proc.stdout.splitlines()]
+    idx = {j["stage"]: j["job_id"] for j in jobs}
+    assert list(idx) == ["ingest", "featurize", "merge", "train-geoloc", "evaluate-geoloc", "train-source",
+                         "evaluate-source"]
+    argv = calls.read_text().splitlines()
+    assert len(argv) == 7 and dep.format(idx["ingest"]) not in argv[0]
+    want = {"featurize": "ingest", "merge": "featurize", "train-geoloc": "merge", "evaluate-geoloc": "train-geoloc",
+            "train-source": "merge", "evaluate-source": "train-source"}
+    for k, stage in enumerate(idx):
+        if stage in want:
+            assert dep.format(idx[want[stage]]) in argv[k], (stage, argv[k])
+        assert argv[k].endswith(jobs[k]["script"])
+    recorded = json.loads((ws / "jobs" / "jobs.json").read_text())
+    assert recorded["scheduler"] == scheduler and [j["job_id"] for j in recorded["jobs"]] == list(idx.values())
+    assert jobs[0]["log"] == str(ws / "jobs" / "logs" / "ingest-101_0.out")
+    assert jobs[1]["log"] == str(ws / "jobs" / "logs" / "featurize-102_%a.out")
+
+
+def test_a_failed_submission_cancels_the_jobs_already_submitted(tmp_path, sample_corpus):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho x >> {bin_dir}/n\n"
+                                    f"[ $(wc -l < {bin_dir}/n) -ge 3 ] && {{ echo 'sbatch: error: invalid partition' >&2;"
+                                    f" exit 1; }}\necho $(wc -l < {bin_dir}/n)\n")
+    (bin_dir / "scancel").write_text(f"#!/bin/bash\necho \"$*\" > {bin_dir}/cancelled\n")
+    for name in ("sbatch", "scancel"):
+        (bin_dir / name).chmod(0o755)
+    proc = run_cli("submit", sample_corpus / "articles.jsonl", "-w", tmp_path / "ws",
+                   env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 1 and "invalid partition" in proc.stderr
+    assert (bin_dir / "cancelled").read_text().split() == ["1", "2"]
+
+
+def test_status_falls_back_to_manifests_without_a_scheduler(tmp_path, ingested_workspace):
+    ws = tmp_path / "ws"
+    shutil.copytree(ingested_workspace, ws)
+    logs = ws / "jobs" / "logs"
+    logs.mkdir(parents=True)
+    jobs = [{"stage": "ingest", "job_id": "7", "script": "s", "log": str(logs / "ingest-7_0.out"), "array": 1},
+            {"stage": "merge", "job_id": "9", "script": "s", "log": str(logs / "merge-9_0.out"), "array": 1}]
+    (ws / "jobs" / "jobs.json").write_text(json.dumps({"scheduler": "slurm", "jobs": jobs}))
+    proc = run_cli("status", "-w", ws, env={"PATH": "/nonexistent", "SLURM_CONF": "/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"ingest\s+done\s+job 7: output present", proc.stdout), proc.stdout
+    assert re.search(r"merge\s+unknown\s+job 9: the scheduler no longer lists the job", proc.stdout)
+
+
+def test_preempt_callback_exits_75_and_keeps_the_last_epoch_backup(tmp_path):
+    """SIGUSR1 during epoch 3: fit leaves at once, the backup stays that of epoch 2, the exit is 75."""
+    code = textwrap.dedent(f"""
+        import os, signal, json, numpy as np, keras
+        from newsdl.tasks.preempt import StopOnSignal, Preempted
+        class Kick(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if self.params and batch == 1 and len(seen) == 2:
+                    os.kill(os.getpid(), signal.SIGUSR1)
+        seen = []
+        class Seen(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                seen.append(epoch)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        x, y = np.ones((32, 3), "float32"), np.ones((32, 1), "float32")
+        backup = {str(tmp_path / 'backup')!r}
+        try:
+            model.fit(x, y, batch_size=4, epochs=6, verbose=0, callbacks=[Kick(), Seen(),
+                      keras.callbacks.BackupAndRestore(backup), StopOnSignal()])
+        except Preempted as exc:
+            meta = json.load(open(os.path.join(backup, "training_metadata.json")))
+            print("PREEMPTED", exc.code, seen, meta["epoch"])
+            raise
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert proc.returncode == 75, proc.stderr[-2000:]
+    assert "PREEMPTED 75 [0, 1] 2" in proc.stdout, proc.stdout
