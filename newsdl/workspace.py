@@ -106,14 +106,17 @@ def versions() -> dict[str, str]:
     return found
 
 
-def read_manifest(folder: Path) -> dict | None:
-    path = folder / MANIFEST
-    if not path.is_file():
-        return None
+def read_json(path: Path):
+    """A JSON file's content, or None when it is missing or unreadable (a killed writer's leftovers
+    never reach a final name, so unreadable means absent here)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def read_manifest(folder: Path) -> dict | None:
+    return read_json(folder / MANIFEST)
 
 
 def invalidate(folder: Path) -> None:

@@ -4,13 +4,12 @@ dependencies, record the jobs in DIR/jobs/jobs.json (for `newsdl status`), and o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from newsdl import defaults
+from newsdl import defaults, workspace
 from newsdl.errors import UserError
 from newsdl.hpc import config as hpc_config
 from newsdl.hpc import scheduler as sched
@@ -94,13 +93,7 @@ def _cancel(scheduler: str, job_ids: list[str]) -> None:
 
 
 def read_jobs(ws: Path) -> dict | None:
-    path = jobs_dir(ws) / JOBS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    return workspace.read_json(jobs_dir(ws) / JOBS_FILE)
 
 
 def wait(ws: Path, poll: float = defaults.WAIT_POLL_SECONDS, echo=print, timeout: float | None = None) -> list[dict]:

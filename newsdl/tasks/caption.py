@@ -224,7 +224,7 @@ def _check_dim(folder: Path, config: dict, dim: int) -> None:
 def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root: Path | None = None,
             beam: int | None = None) -> dict:
     """Caption every usable image of the articles of INPUT; one JSON record per image."""
-    from newsdl.tasks.predict import _write, default_out
+    from newsdl.tasks.predict import _write, default_out, predict_summary
 
     ws, input_path = Path(ws), Path(input_path).expanduser()
     folder, config = mm.read_saved(ws, TASK, (VOCAB,))
@@ -248,4 +248,4 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
     else:
         log.warning("%s: no usable image in the input, nothing to caption", input_path)
     _write(out, records)
-    return {**mm.predict_summary(out, len(records), rejects, rejected_file), "unit": "images"}
+    return {**predict_summary(out, len(records), rejects, rejected_file), "unit": "images"}

@@ -285,7 +285,7 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
     """For each article of INPUT, the ``top`` best images among all of INPUT's usable images (and
     for each image the best articles), by the trained model."""
     from newsdl.tasks.models import load
-    from newsdl.tasks.predict import _write, default_out
+    from newsdl.tasks.predict import _write, default_out, predict_summary
 
     ws, input_path = Path(ws), Path(input_path).expanduser()
     folder, config = mm.read_saved(ws, TASK)
@@ -310,4 +310,4 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
         records.append({"id": str(new.article_id[j]), "kind": "image", "image": new.path[j],
                         "articles": [{"id": new.articles[a], "score": round(float(col[a]), 4)} for a in best]})
     _write(out, records)
-    return mm.predict_summary(out, len(new.articles), rejects, rejected_file)
+    return predict_summary(out, len(new.articles), rejects, rejected_file)

@@ -184,14 +184,16 @@ def fit(model, make_train_ds, val_ds, *, folder: Path, name: str, s: dict, steps
     Returns {best_epoch, epochs_run, val_best}; best.keras is in folder/run/."""
     import keras
 
+    from newsdl.tasks.train import _resume_epoch
+
     run_dir = folder / "run"
-    previous = _read_json(run_dir / "run.json")
+    previous = workspace.read_json(run_dir / "run.json")
     if previous != identity:
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     workspace.clean_temporaries(run_dir)
     workspace.write_json(run_dir / "run.json", identity)
-    done = _read_json(run_dir / "done.json")
+    done = workspace.read_json(run_dir / "done.json")
     if done is not None and (run_dir / "best.keras").is_file():
         log.info("%s: already trained in %s", name, run_dir)
         return done
@@ -233,15 +235,6 @@ def publish(folder: Path, files: dict[str, Path]) -> None:
             shutil.copyfile(src, tmp)
 
 
-def _resume_epoch(backup: Path) -> int:
-    """The epoch BackupAndRestore will resume at (0: a fresh start)."""
-    for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        meta = _read_json(backup / name)
-        if meta and (backup / "latest.weights.h5").is_file():
-            return int(meta.get("epoch", 0))
-    return 0
-
-
 def _history(path: Path) -> list[dict]:
     import csv
 
@@ -249,13 +242,6 @@ def _history(path: Path) -> list[dict]:
         return []
     with open(path, newline="", encoding="utf-8") as fh:
         return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _callback_base():
@@ -309,7 +295,7 @@ class NewImages:
 def featurize_new(ws: Path, input_path: Path, images_root, out: Path, saved_fc7_dim: int):
     """Read INPUT as ingest does, featurize text and images; returns (NewImages, rejects, rejected_file)."""
     from newsdl.features import load_image_featurizer, load_text_featurizer
-    from newsdl.tasks.predict import _describe, read_articles
+    from newsdl.tasks.predict import _describe, read_articles, write_rejects
 
     table, rejects, root = read_articles(input_path, images_root)
     records_rejected = [r for r in rejects if "image" not in r]
@@ -344,20 +330,8 @@ def featurize_new(ws: Path, input_path: Path, images_root, out: Path, saved_fc7_
                        [paths[i] for i in keep], fc7[keep] if len(keep) else fc7[:0],
                        {f: v[own] for f, v in article_text.items()}, ids, article_text)
     rejected_file = out.with_name(out.name + ".rejected.jsonl") if rejects else None
-    if rejected_file is not None:
-        workspace.write_text(rejected_file, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
-                                                    for r in rejects))
-        log.warning("%d records and %d images of the input were rejected (the first: %s); reasons in %s",
-                    len(records_rejected), len(rejects) - len(records_rejected), _describe(rejects[0]),
-                    rejected_file)
+    write_rejects(rejected_file, rejects)
     return images, rejects, rejected_file
-
-
-def predict_summary(out: Path, n: int, rejects: list, rejected_file) -> dict:
-    records_rejected = [r for r in rejects if "image" not in r]
-    return {"out": str(out), "predicted": n, "rejected": len(records_rejected),
-            "images_rejected": len(rejects) - len(records_rejected),
-            "rejected_file": str(rejected_file) if rejected_file else None}
 
 
 def read_saved(ws: Path, task: str, extra: tuple[str, ...] = ()) -> tuple[Path, dict]:

@@ -139,14 +139,25 @@ def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = No
     pred = mod.predict(model, dataset(x, {}, np.arange(len(corpus)), saved.config["batch_size"]), saved.fitted)
     records = mod.records(list(corpus.ids), pred, saved.fitted)
     _write(out, records)
-    if rejected_file is not None:
-        workspace.write_text(rejected_file, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
-                                                    for r in rejects))
-        log.warning("%d records and %d images of the input were rejected (the first: %s); reasons in %s",
-                    len(records_rejected), len(rejects) - len(records_rejected), _describe(rejects[0]),
-                    rejected_file)
-    return {"out": str(out), "predicted": len(records), "rejected": len(records_rejected),
-            "images_rejected": len(rejects) - len(records_rejected),
+    write_rejects(rejected_file, rejects)
+    return predict_summary(out, len(records), rejects, rejected_file)
+
+
+def write_rejects(rejected_file: Path | None, rejects: list[dict]) -> None:
+    """Write the input's rejected records and images beside the predictions, with one warning."""
+    if rejected_file is None:
+        return
+    n_records = sum("image" not in r for r in rejects)
+    workspace.write_text(rejected_file, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                for r in rejects))
+    log.warning("%d records and %d images of the input were rejected (the first: %s); reasons in %s",
+                n_records, len(rejects) - n_records, _describe(rejects[0]), rejected_file)
+
+
+def predict_summary(out: Path, n: int, rejects: list[dict], rejected_file: Path | None) -> dict:
+    """What predict returns: {out, predicted, rejected, images_rejected, rejected_file}."""
+    n_records = sum("image" not in r for r in rejects)
+    return {"out": str(out), "predicted": n, "rejected": n_records, "images_rejected": len(rejects) - n_records,
             "rejected_file": str(rejected_file) if rejected_file else None}
 
 

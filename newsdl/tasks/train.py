@@ -313,11 +313,7 @@ def _finish(run_dir, mod, head, corpus, x, rows, fitted, s) -> dict:
     return done
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+_read_json = workspace.read_json
 
 
 def _resume_epoch(backup: Path) -> int:
