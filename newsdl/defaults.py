@@ -19,8 +19,30 @@ INGEST_BATCH_RECORDS = 4096
 # Rows per Parquet row group written by ingest: bounds the memory of every later reader.
 INGEST_ROW_GROUP = 8192
 
+# ---- limits on untrusted input (issue 11): a record or file past one of these is rejected with a
+# reason instead of exhausting memory, the stack or the run's time.
+
+# Bytes in one JSON Lines line (one article): the longest BreakingNews article with all its fields
+# is under 200 KB; 8 MiB is far above any real article and keeps one bad line from taking gigabytes.
+MAX_LINE_BYTES = 8 << 20
+# Characters of an article's text (and of any other string field x 4): 1M characters is ~170k
+# words, 50 times a long feature; featurize's per-article buffers scale with it.
+MAX_TEXT_CHARS = 1_000_000
+# Nesting depth of one JSON record: articles nest 3 levels (images -> image -> fields); pyarrow's
+# reader crashes and Python's recursion fails near 10,000, so 64 is generous and safe.
+MAX_JSON_DEPTH = 64
+# Bytes one input file may decompress to per compressed byte read before we call it a bomb:
+# news JSON compresses 5-10x with gzip; 200x only happens with padding or a crafted file.
+MAX_GZIP_RATIO = 200
+# ... and a floor on that budget (small files compress oddly): 64 MiB.
+MAX_GZIP_FLOOR_BYTES = 64 << 20
+
 # Larger than any news photo (BreakingNews tops out near 5,000 x 5,000), far below a bomb.
 MAX_IMAGE_PIXELS = 40_000_000
+
+# Frames x pixels summed over an animated GIF: the same budget as one still image, so a GIF of
+# many large frames is no cheaper a bomb than one huge frame (featurize decodes frame 0 only).
+MAX_GIF_TOTAL_PIXELS = MAX_IMAGE_PIXELS
 
 # Bytes read from each image at ingest: enough for every header PIL needs to report a size.
 IMAGE_HEADER_BYTES = 64 << 10
@@ -40,6 +62,12 @@ W2V_DIM = 300
 W2V_WINDOW = 5
 W2V_MIN_COUNT = 5
 W2V_SKIP_GRAM = True
+# Corpora with at most this many training words get a reproducible word2vec (one worker thread,
+# fixed hash seed), as gensim documents: two runs give identical vectors. On 2 cores a 5M-word corpus
+# takes ~2 minutes either way; beyond it the threads' speed-up is worth more than bitwise equality
+# (`--reproducible` forces it at any size).
+W2V_REPRODUCIBLE_WORDS = 5_000_000
+
 # Five passes is gensim's default and where the Lee-corpus similarities stop improving.
 W2V_EPOCHS = 5
 
@@ -79,6 +107,11 @@ TASK_FEATURES = {"geoloc": FEATURES, "source": FEATURES[:-1], "popularity": FEAT
 # The gazetteer evidence is read from the text, so "text" includes it (for geoloc).
 FEATURE_GROUPS = {"text": ("w2v_mean", "w2v_max", "tokens", "bow", "gaz"), "image": ("fc7",),
                   "images": ("fc7",), "w2v": ("w2v_mean", "w2v_max")}
+
+# Fewest labelled training articles (or images, for caption and illustrate) a task trains on: below
+# it no model or baseline means anything, and a val split (held out from train when the corpus has
+# none) would be empty. With no val split, a tenth of train (at least one) is held out.
+MIN_TRAIN = 10
 
 # Upper bound on epochs; early stopping usually ends training before it (with the step halving
 # every LR_HALF_LIFE epochs, epoch 30 moves the weights 1/1000 as much as epoch 1).

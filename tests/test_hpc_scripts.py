@@ -95,7 +95,7 @@ def test_pbs_scripts():
     assert "mem=2000mb" in scripts["evaluate-geoloc.pbs"]
     assert "#PBS -l select=2:ncpus=2:mpiprocs=1:mem=4gb:ngpus=1\n" in scripts["train-geoloc.pbs"]
     for text in scripts.values():
-        assert 'exec >>"/scratch/proj42/ws/jobs/logs/${PBS_JOBNAME}-${job}.out" 2>&1' in text
+        assert 'exec >>/scratch/proj42/ws/jobs/logs/"${PBS_JOBNAME}-${job}.out" 2>&1' in text
         assert "scontrol" not in text
 
 
@@ -253,3 +253,53 @@ def test_preempt_callback_exits_75_and_keeps_the_last_epoch_backup(tmp_path):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
     assert proc.returncode == 75, proc.stderr[-2000:]
     assert "PREEMPTED 75 [0, 1] 2" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("job_id,index,number", [("1234.server", "0", "1234"), ("1234[5].server", "5", "1234"),
+                                                 ("1234[].pbs01.example.org", "0", "1234"), ("1234", "0", "1234")])
+def test_pbs_log_names_are_the_ones_status_reads(job_id, index, number):
+    """bash 5.2 reads `%%[[.]*` as a collating symbol and strips nothing: logs were named
+    featurize-1234[5].server_5.out while `newsdl status` looked for featurize-1234_5.out."""
+    text = _reference_render("pbs")["featurize.pbs"]
+    lines = [line for line in text.splitlines() if line.startswith(("index=", "job="))]
+    assert len(lines) == 2, lines
+    proc = subprocess.run(["bash", "-c", "set -u\n" + "\n".join(lines) + '\nprintf %s "$job"'],
+                          env={"PBS_JOBID": job_id, "PBS_ARRAY_INDEX": index, "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{number}_{index}"
+    from newsdl.hpc.scripts import log_id
+
+    assert log_id(job_id) == number  # what `newsdl submit` records and `newsdl status` looks for
+
+
+def _status_with_jobs(tmp_path, content: str):
+    ws = tmp_path / "ws"
+    (ws / "jobs").mkdir(parents=True)
+    (ws / "jobs" / "jobs.json").write_text(content)
+    return ws, run_cli("status", "-w", ws, env={"PATH": "/nonexistent", "SLURM_CONF": "/nonexistent"})
+
+
+def test_status_fills_in_the_fields_a_job_lacks(tmp_path):
+    ws, proc = _status_with_jobs(tmp_path, json.dumps({"jobs": [{"stage": "ingest"},
+                                                                {"stage": "merge", "job_id": 9}]}))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"ingest\s+unknown\s+job None: no job id recorded", proc.stdout), proc.stdout
+    assert re.search(r"merge\s+unknown\s+job 9: the scheduler no longer lists the job", proc.stdout), proc.stdout
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object with a 'jobs' list, found list"),
+    ('{"jobs": {"stage": "ingest"}}', "field 'jobs': expected a list, found dict"),
+    ('{"scheduler": "lsf", "jobs": []}', "field 'scheduler': 'lsf' is not slurm or pbs"),
+    ('{"jobs": [{"job_id": "7"}]}', "jobs.json:jobs[0]: field 'stage': missing"),
+    ('{"jobs": ["ingest"]}', "jobs.json:jobs[0]: expected an object, found str"),
+    ('{"jobs": [{"stage": "ingest", "array": "3"}]}', "jobs.json:jobs[0]: field 'array': '3' is not a task count"),
+    ('{"jobs": [{"stage": "ingest", "job_id": [7]}]}', "field 'job_id': [7] is not a job id"),
+])
+def test_a_damaged_jobs_json_is_one_line_naming_the_file(tmp_path, content, message):
+    ws, proc = _status_with_jobs(tmp_path, content)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert str(ws / "jobs" / "jobs.json") in proc.stderr and message in proc.stderr, proc.stderr

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from test_tasks_support import (FAST_TRAIN, copy_workspace, featurized_workspace, popen_newsdl,  # noqa: F401
-                                run_newsdl, trained_workspace)
+                                rerecord, run_newsdl, trained_workspace)
 
 BASELINES = {"geoloc": {"constant", "knn", "gazetteer"}, "source": {"majority", "tfidf_logreg"},
              "popularity": {"mean", "ridge"}}
@@ -147,6 +147,7 @@ def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_
     no_image = set(articles[::3])
     pq.write_table(table.filter(pc.invert(pc.is_in(table.column("article_id"),
                                                    value_set=__import__("pyarrow").array(sorted(no_image))))), part)
+    rerecord(ws / "features")
 
     corpus = load_corpus(ws)
     mask = corpus.arrays["fc7_mask"][:, 0]

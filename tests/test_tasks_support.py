@@ -41,6 +41,22 @@ def popen_newsdl(*args, env: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT)
 
 
+def rerecord(folder: Path) -> None:
+    """Record a stage's outputs as they are now, as if the stage had written them: for tests that
+    edit an output on purpose (the stages refuse outputs changed behind their manifest's back)."""
+    import json
+
+    from newsdl import workspace
+
+    path = folder / workspace.MANIFEST
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for name in manifest["outputs"]:
+        st = (folder / name).stat()
+        manifest["outputs"][name] = {"sha256": workspace.sha256_file(folder / name), "bytes": st.st_size,
+                                     "mtime_ns": st.st_mtime_ns}
+    workspace.write_json(path, manifest)
+
+
 def copy_workspace(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("models"))
     return dst

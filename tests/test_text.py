@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -261,12 +265,13 @@ def test_unreadable_pretrained_vectors_are_a_user_error(tmp_path):
 
 
 def test_missing_or_malformed_ingest_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="run `newsdl ingest` first"):
+    with pytest.raises(UserError, match="run `newsdl ingest.*` first"):
         run_featurize(tmp_path / "empty", **FAST)
     ws = tmp_path / "ws"
     write_ingest(ws, _articles()[:3], images_root=None)
     pq.write_table(pa.table({"id": ["a"], "text": ["x"]}), ws / "ingest" / "articles.parquet")
-    with pytest.raises(UserError, match="articles.parquet: field 'title'"):
+    # Replaced after ingest: the manifest's size and hash catch it first where they are checked.
+    with pytest.raises(UserError, match="articles.parquet: (field 'title'|changed since it was written)"):
         run_featurize(ws, **FAST)
 
 
@@ -276,3 +281,53 @@ def test_a_train_split_without_enough_words_is_a_user_error(tmp_path):
                       {"id": "b", "text": "one one one one one", "split": "test"}], images_root=None)
     with pytest.raises(UserError, match="no word of the train split occurs 5 times"):
         run_featurize(ws, **FAST)
+
+
+# --- reproducible word2vec (issue 11, item 17) ----------------------------------------------
+
+def test_two_featurize_runs_give_bitwise_identical_word2vec(tmp_path):
+    """A small corpus trains on one thread with a stable hash: two processes, even with different
+    PYTHONHASHSEED, write the same word2vec.kv byte for byte (before: up to 0.083 apart)."""
+    from conftest import run_cli
+
+    runs = []
+    for seed in ("1", "2"):
+        ws = tmp_path / f"ws{seed}"
+        write_ingest(ws, _articles(), images_root=None)
+        proc = run_cli("featurize", "-w", ws, "--no-images", "--vector-size", "24", "--epochs", "3",
+                       env={"PYTHONHASHSEED": seed})
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(r"word2vec: reproducible mode \(1 worker thread\), [\d,]+ words <= 5,000,000", proc.stderr)
+        runs.append(ws)
+    first, second = ((ws / "features" / "word2vec.kv").read_bytes() for ws in runs)
+    assert first == second
+    manifest = json.loads((runs[0] / "features" / "manifest.json").read_text())
+    assert manifest["config"]["text"]["word2vec"]["reproducible"] is True
+    assert manifest["text"]["word2vec"]["workers"] == 1
+
+
+def test_large_corpora_use_every_core_unless_reproducible_is_asked(tmp_path, monkeypatch):
+    from newsdl import defaults
+    from newsdl.features.text import available_cores, estimate_train_words
+
+    ws = tmp_path / "ws"
+    write_ingest(ws, _articles(), images_root=None)
+    monkeypatch.setattr(defaults, "W2V_REPRODUCIBLE_WORDS", 1000)  # the Lee corpus is ~40k words
+    fast = run_featurize(ws, **FAST)
+    assert fast["text"]["word2vec"]["workers"] == available_cores()
+    manifest = json.loads((ws / "features" / "manifest.json").read_text())
+    assert manifest["config"]["text"]["word2vec"]["reproducible"] is False
+    assert run_featurize(ws, **FAST)["skipped"] is True  # the auto mode is a stable part of the config
+    forced = run_featurize(ws, reproducible=True, **FAST)
+    assert forced["skipped"] is False and forced["text"]["word2vec"]["workers"] == 1
+    assert forced["text"]["word2vec"]["reproducible"] is True
+    estimate = estimate_train_words(ws / "ingest" / "articles.parquet")
+    exact = forced["text"]["word2vec"]["train_words"]
+    assert abs(estimate - exact) <= 0.1 * exact, (estimate, exact)
+
+
+def test_stable_hash_does_not_depend_on_pythonhashseed():
+    code = "from newsdl.features.text import stable_hash; print(stable_hash('obama1'), hash('obama1'))"
+    out = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": seed}).stdout.split() for seed in "12"]
+    assert out[0][0] == out[1][0] and out[0][1] != out[1][1]

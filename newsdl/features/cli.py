@@ -48,6 +48,10 @@ def featurize(
     window: int = typer.Option(fd.W2V_WINDOW, help="word2vec context window"),
     min_count: int = typer.Option(fd.W2V_MIN_COUNT, help="word2vec: ignore rarer words of the train split"),
     epochs: int = typer.Option(fd.W2V_EPOCHS, help="word2vec passes over the train split"),
+    reproducible: Optional[bool] = typer.Option(
+        None, "--reproducible/--no-reproducible",
+        help=f"word2vec on one thread, so that two runs give identical vectors (default: on for a train split of "
+        f"at most {fd.W2V_REPRODUCIBLE_WORDS:,} words, else every core)"),
     backbone: str = typer.Option(fd.BACKBONE, help="vgg16 or vgg19 (FC7, 4096-d), resnet50 (2048-d), "
                                  "mobilenet_v3_small (576-d), small_cnn (256-d, random weights: tests, CPU demo)"),
     weights: str = typer.Option(fd.WEIGHTS, help="imagenet (from the Keras cache: `newsdl models pull`), a .keras or "
@@ -73,7 +77,7 @@ def featurize(
         gpu=("auto" if gpu_mode else "on") if gpu else "off", pretrained_vectors=pretrained_vectors,
         stopwords=stopwords, max_tokens=max_tokens, vector_size=vector_size, window=window, min_count=min_count,
         epochs=epochs, backbone=backbone, weights=weights, layer=layer, image_size=image_size,
-        batch_size=batch_size, chunk_size=chunk_size, max_images=max_images, force=force)
+        batch_size=batch_size, chunk_size=chunk_size, max_images=max_images, force=force, reproducible=reproducible)
     for line in summary(result):
         typer.echo(line)
 

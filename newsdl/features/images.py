@@ -23,7 +23,7 @@ from newsdl import defaults  # noqa: E402
 from newsdl.errors import UserError  # noqa: E402
 from newsdl import defaults as fd  # noqa: E402
 from newsdl.features.backbones import Backbone, Weights, get_backbone, keras_cache_dir  # noqa: E402
-from newsdl.ingest.images import ImageRejected, check_image, safe_resolve  # noqa: E402
+from newsdl.ingest.images import ImageRejected, check_image, read_image, safe_resolve  # noqa: E402
 from newsdl.progress import Progress  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,22 @@ def small_cnn(size: int) -> keras.Model:
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="avg_pool")(x), name="small_cnn")
 
 
+def _read(path) -> bytes:
+    return read_image(os.fsdecode(np.asarray(path).item()))  # bytes in tf.data, a 0-d array when eager
+
+
 def make_loader(size: int, preprocess: Callable) -> Callable:
-    """path -> the network's input: decode to RGB, resize the shorter side, centre crop, preprocess."""
+    """path -> the network's input: decode to RGB, resize the shorter side, centre crop, preprocess.
+
+    The file is read by `read_image`, not tf.io.read_file: the bytes decoded are the bytes checked
+    (regular file, opened without blocking, size limits, every GIF frame), whatever happened to the
+    path since its check, and a GIF reaches the decoder cut to the one frame that is used.
+    """
     resize_to = round(size / fd.CROP_FRACTION)
 
     def load(path):
-        raw = tf.io.read_file(path)
+        raw = tf.numpy_function(_read, [path], tf.string)  # a third of py_function's overhead
+        raw.set_shape([])
         image = tf.io.decode_image(raw, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         hw = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -211,6 +221,10 @@ def featurize_files(ext: Extractor, paths: Sequence[str], batch_size: int,
 def _retry(ext: Extractor, path: str) -> tuple[np.ndarray | None, str | None]:
     """Decode one image that the pipeline dropped, eagerly, to learn why."""
     try:
+        read_image(path)
+    except ImageRejected as exc:
+        return None, f"{exc.code}: {exc}"
+    try:
         image = ext.load(tf.constant(path))
     except (tf.errors.OpError, ValueError) as exc:
         message = getattr(exc, "message", None) or str(exc)
@@ -236,14 +250,21 @@ def pull(name: str) -> Path:
 
 
 def featurize_paths(ext: Extractor, root: Path, rels: Sequence[str], batch_size: int,
-                    desc: str = "images") -> Iterator[tuple[np.ndarray | None, str | None]]:
+                    desc: str = "images", recorded: Sequence[tuple[int | None, int | None] | None] | None = None,
+                    ) -> Iterator[tuple[np.ndarray | None, str | None]]:
     """Like `featurize_files`, for paths relative to ``root`` as ingest records them. Each file's
-    header is checked first (inside the root, a known format, at most 40 megapixels, not cut
-    short), so a decompression bomb or a path out of the root never reaches the decoder."""
+    header is checked first (inside the root, a regular file, a known format, at most 40
+    megapixels, not cut short), so a decompression bomb or a path out of the root never reaches
+    the decoder. ``recorded``: per path, the (bytes, mtime_ns) ingest recorded, or None; a file
+    whose size or time differs now is skipped ("image_changed"), so the features of one run
+    never mix the versions of a file that ingest checked with later ones."""
     from concurrent.futures import ThreadPoolExecutor
 
+    expected = list(recorded) if recorded is not None else [None] * len(rels)
+    if len(expected) != len(rels):
+        raise ValueError(f"featurize_paths: {len(rels)} paths but {len(expected)} recorded sizes and times")
     with ThreadPoolExecutor(max_workers=8) as pool:  # header reads wait on the disk, not the CPU
-        checked = list(pool.map(lambda rel: _check(root, rel), rels))
+        checked = list(pool.map(lambda job: _check(root, *job), zip(rels, expected)))
     ok = [path for path, reason in checked if reason is None]
     with Progress(desc, total=len(ok), unit="images") as bar:
         stream = featurize_files(ext, ok, batch_size, progress=bar)
@@ -251,9 +272,14 @@ def featurize_paths(ext: Extractor, root: Path, rels: Sequence[str], batch_size:
             yield (None, reason) if reason is not None else next(stream)
 
 
-def _check(root: Path, rel: str) -> tuple[str | None, str | None]:
+def _check(root: Path, rel: str, recorded: tuple[int | None, int | None] | None = None,
+           ) -> tuple[str | None, str | None]:
     try:
-        check_image(root, rel)
+        info = check_image(root, rel)
+        if recorded is not None:
+            for name, was, now in zip(("size", "mtime_ns"), recorded, (info.bytes, info.mtime_ns)):
+                if was is not None and was != now:
+                    return None, f"image_changed: the file changed since ingest ({name} {was} -> {now}); rerun ingest"
         return str(safe_resolve(root, rel)), None
     except ImageRejected as exc:
         return None, f"{exc.code}: {exc}"

@@ -25,6 +25,7 @@ from newsdl import defaults as fd
 from newsdl.features import shards
 from newsdl.features.backbones import get_backbone, preprocessing, resolve_weights
 from newsdl.features.tokenize import load_stopwords
+from newsdl.ingest.images import changed_images
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,7 @@ class Ingest:
 
 def read_ingest(ws: Path) -> Ingest:
     folder = ws / "ingest"
-    manifest = wsp.read_manifest(folder)
-    if manifest is None:
-        raise UserError(f"{folder}: no finished ingest stage (manifest.json missing); run `newsdl ingest` first")
+    manifest = wsp.require_stage(folder, "run `newsdl ingest INPUT...` first")
     for path, columns in ((folder / "articles.parquet", _ARTICLE_COLUMNS), (folder / "images.parquet", _IMAGE_COLUMNS)):
         try:
             names = pq.read_schema(path).names
@@ -75,6 +74,14 @@ def read_ingest(ws: Path) -> Ingest:
         if missing:
             raise UserError(f"{path}: field '{missing[0]}' is missing; is this the output of `newsdl ingest`?")
     root = (manifest.get("config") or {}).get("images_root")
+    if root:
+        changed = changed_images(Path(root), pq.read_table(folder / "images.parquet"))
+        if changed:
+            # As with any bad image, one changed file costs only itself (rejected as image_changed),
+            # never the whole run; the warning says how to take it back in.
+            log.warning("%d image files changed or were deleted since ingest checked them (the first: %s); they "
+                        "are skipped as image_changed: rerun `newsdl ingest` to check them again",
+                        len(changed), Path(root) / changed[0])
     return Ingest(folder, Path(root) if root else None)
 
 
@@ -85,7 +92,8 @@ def run_featurize(workspace=None, *, text: bool | None = None, images: bool = Tr
                   min_count: int = fd.W2V_MIN_COUNT, epochs: int = fd.W2V_EPOCHS,
                   backbone: str = fd.BACKBONE, weights: str = fd.WEIGHTS, layer: str | None = None,
                   image_size: int | None = None, batch_size: int | None = None, gpu: str = "off",
-                  chunk_size: int = fd.IMAGE_CHUNK, max_images: int | None = None, force: bool = False) -> dict:
+                  chunk_size: int = fd.IMAGE_CHUNK, max_images: int | None = None, force: bool = False,
+                  reproducible: bool | None = None) -> dict:
     """Run the featurize stage on ``workspace``; return what it did (counts, timings, images/s).
 
     ``text`` defaults to True, except with ``shard``, which only processes images. ``gpu`` is
@@ -110,12 +118,26 @@ def run_featurize(workspace=None, *, text: bool | None = None, images: bool = Tr
 
     if shard is not None:
         image_cfg, weights_ = _image_config(backbone, weights, layer, image_size, max_images)
-        wsp.invalidate(folder)
-        return {"images": _image_shard(ws, ingest, image_cfg, weights_, shard, gpu=gpu,
-                                       batch_size=batch_size, chunk_size=chunk_size, force=force)}
+        # Shards of one job array run at once: each holds only its own lock.
+        with wsp.stage_lock(folder / "images", f"featurize --shard {shard[0]}/{shard[1]}",
+                            name=f"-shard-{shard[0]}-of-{shard[1]}"):
+            wsp.invalidate(folder)
+            return {"images": _image_shard(ws, ingest, image_cfg, weights_, shard, gpu=gpu,
+                                           batch_size=batch_size, chunk_size=chunk_size, force=force)}
+    with wsp.stage_lock(folder, "featurize"):
+        return _featurize_all(ws, folder, ingest, text=text, images=images, merge=merge,
+                              pretrained_vectors=pretrained_vectors, stopwords=stopwords, max_tokens=max_tokens,
+                              w2v={**asdict_w2v(vector_size, window, min_count, epochs),
+                                   "reproducible": reproducible},
+                              backbone=backbone,
+                              weights=weights, layer=layer, image_size=image_size, max_images=max_images,
+                              batch_size=batch_size, gpu=gpu, chunk_size=chunk_size, force=force)
 
-    text_cfg = _text_config(pretrained_vectors, stopwords, max_tokens,
-                            asdict_w2v(vector_size, window, min_count, epochs)) if text else None
+
+def _featurize_all(ws: Path, folder: Path, ingest: Ingest, *, text, images, merge, pretrained_vectors, stopwords,
+                   max_tokens, w2v, backbone, weights, layer, image_size, max_images, batch_size, gpu, chunk_size,
+                   force) -> dict:
+    text_cfg = _text_config(pretrained_vectors, stopwords, max_tokens, w2v, ingest.articles) if text else None
     image_cfg = weights_ = n_parts = None
     if images and merge:
         n_parts, parts = shards.find_parts(folder / "images")
@@ -193,18 +215,19 @@ def _check_options(*, text, images, shard, merge, gpu, numbers: dict) -> None:
             raise UserError(f"{name} {value}: must be at least 1")
 
 
-def _text_config(pretrained, stopwords, max_tokens, w2v: dict) -> dict:
-    from newsdl.features.text import OFFSET, OOV, PAD
-    from newsdl.features.vectors import vectors_sha256
+def _text_config(pretrained, stopwords, max_tokens, w2v: dict, articles: Path | None = None) -> dict:
+    from newsdl.features.text import OFFSET, OOV, PAD, reproducible_mode
+    from newsdl.features.vectors import check_pretrained, vectors_sha256
 
     stop = load_stopwords(stopwords)
     if pretrained is not None:
         path = Path(pretrained).expanduser()
-        if not path.exists():
-            raise UserError(f"--pretrained-vectors {pretrained}: no such file or folder")
+        check_pretrained(path)  # a missing file or a refused pickle fails before any work
         source = {"pretrained": {"file": path.name, "sha256": vectors_sha256(path)}, "word2vec": None}
     else:
-        source = {"pretrained": None, "word2vec": {**w2v, "train_splits": ["train"]}}
+        # Resolved here, not at training, so that the config (and the up-to-date check) says it.
+        mode = reproducible_mode(w2v.get("reproducible"), articles)
+        source = {"pretrained": None, "word2vec": {**w2v, "reproducible": mode, "train_splits": ["train"]}}
     return {"tokenizer": TOKENIZER, "title": True, "stopwords": sorted(stop) if stop else None,
             "max_tokens": max_tokens, **source, "token_ids": {"pad": PAD, "oov": OOV, "offset": OFFSET}}
 
@@ -254,7 +277,9 @@ def _device(gpu: str) -> str | None:
 
 
 def _images_in_scope(ingest: Ingest, max_images: int | None) -> pa.Table:
-    table = pq.read_table(ingest.images, columns=list(_IMAGE_COLUMNS))
+    # bytes and mtime_ns (what ingest saw of each file) are absent from workspaces made before them.
+    names = pq.read_schema(ingest.images).names
+    table = pq.read_table(ingest.images, columns=[*_IMAGE_COLUMNS, *(c for c in ("bytes", "mtime_ns") if c in names)])
     return table.slice(0, max_images) if max_images else table
 
 
@@ -297,12 +322,15 @@ def _compute_chunks(rows: pa.Table, todo: list[int], chunk_size: int, store, roo
     from newsdl.features import images as img
 
     ids, article_ids, paths = (rows.column(c).to_pylist() for c in _IMAGE_COLUMNS)
+    recorded = list(zip(rows.column("bytes").to_pylist(), rows.column("mtime_ns").to_pylist())) \
+        if {"bytes", "mtime_ns"} <= set(rows.column_names) else None
     spans = [range(k * chunk_size, min((k + 1) * chunk_size, len(ids))) for k in todo]
     ext = img.build_extractor(get_backbone(cfg["backbone"]), weights, layer=cfg["layer"], size=cfg["image_size"],
                               policy=policy)
     batch = batch_size or (fd.IMAGE_BATCH_GPU if policy else fd.IMAGE_BATCH_CPU)
     start = time.monotonic()
-    stream = img.featurize_paths(ext, root, [paths[p] for span in spans for p in span], batch, desc=desc)
+    stream = img.featurize_paths(ext, root, [paths[p] for span in spans for p in span], batch, desc=desc,
+                                 recorded=[recorded[p] for span in spans for p in span] if recorded else None)
     n_images = 0
     for k, span in zip(todo, spans):
         features = np.zeros((len(span), ext.dim), np.float32)
@@ -360,7 +388,7 @@ def load_text_featurizer(workspace=None):
     from newsdl.features.vectors import read_vectors
 
     folder = wsp.resolve(workspace) / STAGE
-    cfg = ((wsp.read_manifest(folder) or {}).get("config") or {}).get("text")
+    cfg = (wsp.require_stage(folder, "run `newsdl featurize` first").get("config") or {}).get("text")
     if cfg is None:
         raise UserError(f"{folder}: no finished text features; run `newsdl featurize` first")
     if cfg.get("tokenizer") != TOKENIZER:
@@ -374,7 +402,7 @@ def load_image_featurizer(workspace=None, *, gpu: str = "off", batch_size: int |
     """The network, weights and preprocessing featurize used, to featurize new images:
     ``load_image_featurizer(ws)(images_root, relative_paths)`` returns (features, reasons)."""
     folder = wsp.resolve(workspace) / STAGE
-    cfg = ((wsp.read_manifest(folder) or {}).get("config") or {}).get("images")
+    cfg = (wsp.require_stage(folder, "run `newsdl featurize` first").get("config") or {}).get("images")
     if cfg is None:
         raise UserError(f"{folder}: no finished image features; run `newsdl featurize` first")
     bb = get_backbone(cfg["backbone"])

@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,35 @@ class Word2VecConfig:
     epochs: int = fd.W2V_EPOCHS
     skip_gram: bool = fd.W2V_SKIP_GRAM
     seed: int = defaults.SEED
+    # One worker thread: gensim's threads take batches in whatever order the OS schedules them,
+    # so only one thread gives the same vectors twice (gensim's FAQ; the hash is stable_hash).
+    reproducible: bool = False
+
+
+def stable_hash(text: str) -> int:
+    """gensim's ``hashfxn``: Python's hash of a str changes with PYTHONHASHSEED from one process to
+    the next, and gensim seeds per-word vectors with it; CRC-32 is the same everywhere."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def estimate_train_words(articles: Path) -> int:
+    """About the number of words word2vec trains on: runs of letters and digits in the title and
+    text of the train split, counted by Arrow without tokenizing (seconds for a large corpus)."""
+    total = 0
+    for batch in pq.ParquetFile(articles).iter_batches(batch_size=fd.TEXT_BATCH_ROWS,
+                                                       columns=["title", "text", "split"]):
+        batch = batch.filter(pc.equal(batch.column("split"), "train"))
+        for name in ("title", "text"):
+            total += pc.sum(pc.count_substring_regex(batch.column(name), r"[\pL\pN]+")).as_py() or 0
+    return total
+
+
+def reproducible_mode(requested: bool | None, articles: Path | None) -> bool:
+    """--reproducible/--no-reproducible as given; by default, reproducible for a corpus of at most
+    defaults.W2V_REPRODUCIBLE_WORDS training words, where one thread costs little."""
+    if requested is not None or articles is None:
+        return bool(requested)
+    return estimate_train_words(articles) <= fd.W2V_REPRODUCIBLE_WORDS
 
 
 def available_cores() -> int:
@@ -118,12 +148,19 @@ def train_word2vec(corpus, cfg: Word2VecConfig, *, workers: int | None = None, s
             self.bar.update()
 
     model = Word2Vec(vector_size=cfg.vector_size, window=cfg.window, min_count=cfg.min_count,
-                     sg=int(cfg.skip_gram), seed=cfg.seed, epochs=cfg.epochs,
-                     workers=workers or available_cores())
+                     sg=int(cfg.skip_gram), seed=cfg.seed, epochs=cfg.epochs, hashfxn=stable_hash,
+                     workers=1 if cfg.reproducible else workers or available_cores())
     model.build_vocab(corpus_iterable=corpus)
     if not model.wv.index_to_key:
         raise UserError(f"{source}: no word of the train split occurs {cfg.min_count} times; lower "
                         f"--min-count or add training articles")
+    n, limit = model.corpus_total_words, fd.W2V_REPRODUCIBLE_WORDS
+    if cfg.reproducible:
+        log.info("word2vec: reproducible mode (1 worker thread), %s words %s %s", f"{n:,}",
+                 "<=" if n <= limit else ">", f"{limit:,}")
+    else:
+        log.info("word2vec: %d worker threads, %s words %s %s: not bitwise reproducible (--reproducible: one "
+                 "thread, identical vectors)", model.workers, f"{n:,}", ">" if n > limit else "<=", f"{limit:,}")
     start = time.monotonic()
     with Progress("word2vec", total=cfg.epochs, unit="epochs") as bar:
         _, raw_words = model.train(corpus_iterable=corpus, total_examples=model.corpus_count,
@@ -131,7 +168,8 @@ def train_word2vec(corpus, cfg: Word2VecConfig, *, workers: int | None = None, s
                                    callbacks=[_EpochTick(bar)])
     seconds = time.monotonic() - start
     stats = {"vocab": len(model.wv), "train_words": model.corpus_total_words, "seconds": round(seconds, 2),
-             "words_per_s": round(raw_words / max(seconds, 1e-9)), "workers": model.workers}
+             "words_per_s": round(raw_words / max(seconds, 1e-9)), "workers": model.workers,
+             "reproducible": cfg.reproducible}
     log.info("word2vec: %d words x %d epochs in %.1f s (%s words/s), vocabulary %d",
              model.corpus_total_words, cfg.epochs, seconds, f"{stats['words_per_s']:,}", len(model.wv))
     return model.wv, stats

@@ -4,13 +4,19 @@ own `word2vec.kv`.
 `word2vec.kv` is written in the word2vec *binary* format, not gensim's native `.kv`, because
 gensim's native loader unpickles, and an artifact that travels between machines must not be able
 to run code when it is read. The file name stays what the SPEC says.
+
+For the same reason a pretrained file is unpickled only when its name asks for gensim's native
+format (`.kv`, `.model`), with a warning; a pickle under any other name (`glove.txt`,
+`vectors.bin`, `vectors.npy`) is refused, and `.npy` matrices load with allow_pickle=False.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
+import pickletools
 import re
 from pathlib import Path
 
@@ -25,6 +31,8 @@ _HEADER = re.compile(rb"\s*(\d+)\s+(\d+)\s*")
 # Column names tried, in order, for the word and its matrix row in the .npy + Parquet layout.
 _WORD_COLUMNS = ("word", "token", "key", "text")
 _ROW_COLUMNS = ("index", "idx", "row", "row_index")
+# Names that ask for gensim's native format, which is a pickle.
+GENSIM_NATIVE = (".kv", ".model")
 
 
 def save_vectors(kv, final: Path) -> None:
@@ -61,25 +69,67 @@ def vectors_sha256(path: Path) -> str:
 
 
 def load_pretrained(path: Path):
-    """Load pretrained vectors, sniffing the format from the content rather than the name:
-    word2vec binary or text (GoogleNews-300), GloVe text (no header), a gensim KeyedVectors or
-    Word2Vec pickle (`.kv`/`.model`, with a warning), or an `.npy` matrix + Parquet word index."""
+    """Load pretrained vectors; the name and the first line say the format: an `.npy` matrix +
+    Parquet word index (`.npy`, or a folder with one), a gensim KeyedVectors or Word2Vec pickle
+    (`.kv`/`.model` whose content is a pickle, with a warning), word2vec binary or text
+    (GoogleNews-300: a "COUNT DIM" first line; `.bin` must have it), else GloVe text (no header).
+    A pickle under any other name is refused: it would run code, whatever it is called."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"--pretrained-vectors {path}: no such file or folder")
+    if not check_pretrained(path):
+        return _load_gensim_pickle(path)
     if _is_npy_layout(path):
         return _load_npy_layout(path)
     head = _head(path)
-    if head[:1] == b"\x80":
-        return _load_gensim_pickle(path)
     first, _, rest = head.partition(b"\n")
     header = _HEADER.fullmatch(first)
     if header is None:
+        if Path(path.name.removesuffix(".gz")).suffix == ".bin":
+            raise UserError(f"--pretrained-vectors {path}: a .bin file without the word2vec binary header "
+                            f"(\"COUNT DIM\" on the first line)")
         return _load_text(path, no_header=True, what="GloVe text")
     dim = int(header.group(2))
     binary = not _looks_like_text_rows(rest, dim)
     return _load_text(path, no_header=False, binary=binary,
                       what="word2vec binary" if binary else "word2vec text")
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts a Python pickle: a protocol 2-5 header, or
+    protocol 0/1 opcodes that parse up to their STOP. Text and word2vec files fail that within a
+    few bytes (a blank, a digit after the first word: no opcode)."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # the PROTO opcode and its protocol
+        return True
+    try:
+        for n, (op, _, _) in enumerate(pickletools.genops(io.BytesIO(head))):
+            if op.name == "STOP":
+                return n > 0
+    except Exception:  # genops raises ValueError (and others) at the first byte that is no opcode
+        return False
+    return False
+
+
+def check_pretrained(path: Path) -> bool:
+    """Before any work: the input exists and is no pickle, unless its name asks for gensim's
+    native format; False for such a gensim pickle (load it with a warning), True otherwise."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"--pretrained-vectors {path}: no such file or folder")
+    if _is_npy_layout(path):
+        for npy in [path] if path.is_file() else sorted(path.glob("*.npy")):
+            _refuse_pickle(npy, _head(npy))
+        return True
+    head = _head(path)
+    if path.suffix in GENSIM_NATIVE and looks_like_pickle(head):
+        return False
+    _refuse_pickle(path, head)
+    return True
+
+
+def _refuse_pickle(path: Path, head: bytes) -> None:
+    if looks_like_pickle(head):
+        raise UserError(f"--pretrained-vectors {path}: a Python pickle, which runs code when loaded; newsdl "
+                        f"unpickles only gensim's native format, named {' or '.join(GENSIM_NATIVE)}, and only from "
+                        f"a source you trust. Use the word2vec or GloVe formats otherwise")
 
 
 def _head(path: Path, n: int = 1 << 16) -> bytes:
@@ -120,8 +170,9 @@ def _load_gensim_pickle(path: Path):
     from gensim.models import KeyedVectors
     from gensim.utils import SaveLoad
 
-    log.warning("--pretrained-vectors %s is a gensim pickle: loading it can run code stored in it; "
-                "only use files you trust (word2vec or GloVe formats are safe)", path)
+    log.warning("--pretrained-vectors %s is a gensim pickle (its %s name asks for gensim's native format): "
+                "loading it runs any code stored in it; only use files you trust (the word2vec and GloVe "
+                "formats cannot run code)", path, path.suffix)
     try:
         obj = SaveLoad.load(str(path))
     except Exception as exc:  # unpickling raises anything the pickle's classes raise

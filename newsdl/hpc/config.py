@@ -7,6 +7,7 @@ table (``[stage.featurize]``) overrides ``[resources]`` key by key.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -15,8 +16,24 @@ from newsdl.errors import UserError
 
 SCHEDULERS = ("slurm", "pbs")
 STAGES = ("ingest", "featurize", "merge", "train", "evaluate")
-_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
-_MEM = re.compile(r"^\d+[KMGT]?B?$", re.IGNORECASE)
+_TIME = re.compile(r"(\d+-)?\d{1,3}(:\d{2}){0,2}")
+_MEM = re.compile(r"\d+[KMGT]?B?", re.IGNORECASE)
+# Resource values that become one word of a #SBATCH/#PBS line. Those lines are not read by a
+# shell, so nothing can be quoted there: sbatch splits them at whitespace and treats `"`, `\`
+# and `#` itself, and a newline ends the directive, which turns the rest into shell commands.
+WORD_KEYS = ("partition", "account", "qos", "gres", "constraint")
+_UNSAFE_WORD = set(" '\"\\$`#%")
+
+
+def unsafe_char(value: str, *, spaces: bool = False) -> str | None:
+    """The first character of ``value`` that a directive line cannot carry, shown readably; None
+    when there is none. ``spaces``: blanks are allowed (a verbatim directive with its own words)."""
+    for ch in value:
+        if ch == " " and spaces:
+            continue
+        if not ch.isprintable() or ch.isspace() or (ch in _UNSAFE_WORD and not spaces):
+            return repr(ch)
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,11 @@ def parse(raw: dict, source: str = "<config>") -> ClusterConfig:
     for key in ("scheduler", "newsdl", "setup"):
         if key in raw:
             top[key] = _str(raw[key], key, bad)
+    if "newsdl" in top:
+        try:
+            shlex.split(top["newsdl"])
+        except ValueError as exc:
+            raise bad("newsdl", f"{top['newsdl']!r}: not a command line ({exc})") from None
     if top.get("scheduler", defaults.SCHEDULER) not in SCHEDULERS:
         raise bad("scheduler", f"{top['scheduler']!r}: choose {' or '.join(SCHEDULERS)}")
     for key in ("modules", "tasks"):
@@ -138,11 +160,25 @@ def _resources(base: Resources, table, where: str, bad) -> Resources:
             changes[key] = _strings(value, name, bad)
         else:
             changes[key] = _str(value, name, bad)
-    if "time" in changes and changes["time"] and not _TIME.match(changes["time"]):
+        if key in WORD_KEYS:
+            _directive_word(changes[key], name, bad)
+        elif key in ("extra", "pbs_extra"):
+            for line in changes[key]:
+                char = unsafe_char(line, spaces=True)
+                if char:
+                    raise bad(name, f"{line!r}: {char} cannot go into a #SBATCH/#PBS line")
+    if "time" in changes and changes["time"] and not _TIME.fullmatch(changes["time"]):
         raise bad(f"{where}.time", f"{changes['time']!r}: use [D-]HH:MM:SS, e.g. 02:00:00 or 1-00:00:00")
-    if "mem" in changes and changes["mem"] and not _MEM.match(changes["mem"]):
+    if "mem" in changes and changes["mem"] and not _MEM.fullmatch(changes["mem"]):
         raise bad(f"{where}.mem", f"{changes['mem']!r}: use a size such as 16G or 4000M")
     return replace(base, **changes)
+
+
+def _directive_word(value: str, name: str, bad) -> None:
+    char = unsafe_char(value)
+    if char:
+        raise bad(name, f"{value!r}: {char} cannot go into a #SBATCH/#PBS line (one word: no blanks, "
+                  f"quotes, \\, $, `, # or %)")
 
 
 def _str(value, name, bad) -> str:

@@ -5,21 +5,53 @@ Every script has the same body: set up the environment, run the stage's `newsdl`
 background and ``wait`` for it, forward SIGUSR1/SIGTERM to it (it checkpoints and exits with
 defaults.PREEMPTED_EXIT), and on SLURM requeue itself so that it resumes where it stopped, at
 most ``max_requeues`` times. Only the header and a few variables differ between SLURM and PBS.
+
+Quoting: every value from the command line goes into shell lines through ``shlex.quote``. The
+#SBATCH/#PBS directive lines are read by sbatch/qsub, not by a shell, and cannot be quoted
+reliably, so a workspace path or config value they cannot carry is refused (UserError) instead.
+The config's ``setup`` lines and ``[env]`` values are shell code on purpose (they may use
+$VARIABLES and commands), written as given.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from newsdl import defaults
-from newsdl.hpc.config import ClusterConfig, Resources
+from newsdl.errors import UserError
+from newsdl.hpc.config import ClusterConfig, Resources, unsafe_char
 
 SUFFIX = {"slurm": ".sbatch", "pbs": ".pbs"}
 # SLURM expands %x (job name), %A (array job id) and %a (task index) in --output. Every stage is
 # a job array (one task when it is not featurize), so every log follows this one pattern.
 LOG_PATTERN = "%x-%A_%a.out"
+# PBS job ids are "123.server", array jobs "123[].server" and their tasks "123[4].server": the log
+# name keeps the number. Bash's pattern: strip the longest suffix from the first "." or "[". (The
+# bracket expression must not start with "[": in "[[.]" bash 5.2 reads "[." as the start of a
+# collating symbol and the pattern matches nothing.)
+PBS_JOB_NUMBER = "${PBS_JOBID%%[.[]*}"
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def log_id(job_id: str | None) -> str | None:
+    """The job number the scripts put in log names: PBS's "123[].server" -> "123", as
+    PBS_JOB_NUMBER does in the job."""
+    if job_id is None:
+        return None
+    return str(job_id).split(".")[0].split("[")[0]
+
+
+def check_directive_path(path: Path, option: str) -> None:
+    """Refuse a path that the #SBATCH/#PBS lines (the log folder is under it) cannot carry. Besides
+    what no directive word may hold, `%` and `\\` in --output are SLURM's filename patterns."""
+    text = str(path)
+    char = unsafe_char(text)
+    if char:
+        raise UserError(f"{option} {text!r}: the job scripts name their logs under it in #SBATCH/#PBS lines, "
+                        f"which cannot quote {char}; use a path without blanks, quotes, \\, $, `, # or %")
 
 
 class Shell(str):
@@ -50,6 +82,7 @@ def chain(cfg: ClusterConfig, ws: Path, inputs: list[Path], *, images_root: Path
     each task, in submission order (every job after the jobs it depends on)."""
     shards = cfg.shards if shards is None else shards
     tasks = cfg.tasks if tasks is None else tasks
+    check_directive_path(ws, "--workspace")
     logs = ws / "jobs" / "logs"
     newsdl = tuple(shlex.split(cfg.newsdl)) or ("newsdl",)
     feat_args = cfg.stage("featurize").args
@@ -78,6 +111,11 @@ def chain(cfg: ClusterConfig, ws: Path, inputs: list[Path], *, images_root: Path
 
 def render(spec: JobSpec, cfg: ClusterConfig, scheduler: str | None = None) -> str:
     scheduler = scheduler or cfg.scheduler
+    # The name is a directive word and is written unquoted in the body; it comes from the stage
+    # and task names, never from the user.
+    if not _NAME.fullmatch(spec.name):
+        raise ValueError(f"job name {spec.name!r}: letters, digits, '.', '_' and '-' only")
+    check_directive_path(spec.log_dir, "log folder")
     header = _slurm_header(spec, cfg) if scheduler == "slurm" else _pbs_header(spec)
     return header + _body(spec, cfg, scheduler)
 
@@ -136,13 +174,15 @@ def _quote(word: str) -> str:
 def _body(spec: JobSpec, cfg: ClusterConfig, scheduler: str) -> str:
     slurm = scheduler == "slurm"
     what = f"shard ${{index}} of {spec.array}" if spec.array > 1 else "one task"
-    out = [f"# newsdl stage {spec.name} ({what}), from {cfg.source or 'the default config'}.",
+    # A newline in the config's file name would end the comment and start a command.
+    source = "".join(c if c.isprintable() else "?" for c in cfg.source or "the default config")
+    out = [f"# newsdl stage {spec.name} ({what}), from {source}.",
            "# Written by `newsdl submit`; change the config and rerun it (--dry-run) rather than editing this file.",
            "set -uo pipefail", ""]
     if not slurm:
         out += ['index=${PBS_ARRAY_INDEX:-0}',
-                'job="${PBS_JOBID%%[[.]*}_${index}"',
-                f'exec >>"{spec.log_dir}/${{PBS_JOBNAME}}-${{job}}.out" 2>&1',
+                f'job="{PBS_JOB_NUMBER}_${{index}}"',
+                f'exec >>{shlex.quote(str(spec.log_dir))}/"${{PBS_JOBNAME}}-${{job}}.out" 2>&1',
                 # PBS keeps no restart count in the environment; it reruns (-r y) a preempted job.
                 "restarts=0"]
     else:

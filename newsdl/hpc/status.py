@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from newsdl.hpc import scheduler as sched
+from newsdl.hpc.scripts import log_id as job_number
 from newsdl.workspace import read_manifest
 
 FINAL = {"done", "failed", "cancelled", "unknown"}
@@ -21,12 +22,12 @@ def job_rows(ws: Path) -> list[dict]:
     unknown), detail, logs (the log of each task that ran or is running), tasks."""
     from newsdl.hpc.submit import read_jobs
 
-    record = read_jobs(ws)
+    record = read_jobs(ws)  # checked: every job has a stage, a job_id (maybe None), a log and an array
     if record is None:
         return []
     rows = []
-    for job in record.get("jobs", []):
-        tasks = sched.query(record.get("scheduler", "slurm"), job["job_id"]) if job.get("job_id") else None
+    for job in record["jobs"]:
+        tasks = sched.query(record["scheduler"], job["job_id"]) if job["job_id"] else None
         rows.append(_row(Path(ws), job, tasks))
     return rows
 
@@ -34,17 +35,20 @@ def job_rows(ws: Path) -> list[dict]:
 def _row(ws: Path, job: dict, tasks: list[dict] | None) -> dict:
     stage, job_id = job["stage"], job["job_id"]
     base = Path(job["log"]).parent
-    log_id = str(job_id).split(".")[0].split("[")[0]
+    number = job_number(job_id)
 
     def log_of(index: int) -> str:
-        return str(base / f"{stage}-{log_id}_{index}.out")
+        return str(base / f"{stage}-{number}_{index}.out")
 
     if tasks is None:
-        done = _output_done(ws, stage, job.get("array", 1))
+        done = _output_done(ws, stage, job["array"])
         state = "done" if done else "unknown"
-        detail = ("output present (the scheduler no longer lists the job)" if done else
-                  "the scheduler no longer lists the job and its output is missing: see its log")
-        logs = [p for p in (log_of(k) for k in range(job.get("array", 1))) if Path(p).is_file()]
+        if job_id is None:
+            detail = "output present" if done else "no job id recorded and its output is missing"
+        else:
+            detail = ("output present (the scheduler no longer lists the job)" if done else
+                      "the scheduler no longer lists the job and its output is missing: see its log")
+        logs = [p for p in (log_of(k) for k in range(job["array"])) if job_id and Path(p).is_file()]
         return {"stage": stage, "job_id": job_id, "state": state, "detail": detail, "logs": logs, "tasks": []}
 
     states = [t["state"] for t in tasks]

@@ -4,16 +4,17 @@ dependencies, record the jobs in DIR/jobs/jobs.json (for `newsdl status`), and o
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
-from newsdl import defaults, workspace
-from newsdl.errors import UserError
+from newsdl import defaults
+from newsdl.errors import UserError, where
 from newsdl.hpc import config as hpc_config
 from newsdl.hpc import scheduler as sched
-from newsdl.hpc.scripts import render_chain
+from newsdl.hpc.scripts import log_id, render_chain
 from newsdl.workspace import atomic_path, now, write_json
 
 JOBS_FILE = "jobs.json"
@@ -64,7 +65,7 @@ def submit(ws: Path, inputs: list[Path], *, images_root: Path | None = None, sch
                 job_id = sched.submit(scheduler, str(r.path), [ids[d] for d in r.spec.depends])
                 ids[r.spec.name] = job_id
             records.append({"stage": r.spec.name, "job_id": job_id, "script": str(r.path),
-                            "log": str(r.spec.log(_log_id(job_id), 0 if r.spec.array == 1 else "%a")
+                            "log": str(r.spec.log(log_id(job_id), 0 if r.spec.array == 1 else "%a")
                                        if job_id else r.spec.log()),
                             "array": r.spec.array, "depends": list(r.spec.depends)})
     except (sched.SchedulerError, UserError):
@@ -74,13 +75,6 @@ def submit(ws: Path, inputs: list[Path], *, images_root: Path | None = None, sch
         write_json(out / JOBS_FILE, {"scheduler": scheduler, "submitted": now(), "workspace": str(ws),
                                      "config": cfg.source or None, "jobs": records})
     return records
-
-
-def _log_id(job_id: str | None) -> str | None:
-    """The job number the scripts put in log names: PBS's "123[].server" -> "123"."""
-    if job_id is None:
-        return None
-    return job_id.split(".")[0].split("[")[0]
 
 
 def _cancel(scheduler: str, job_ids: list[str]) -> None:
@@ -93,7 +87,52 @@ def _cancel(scheduler: str, job_ids: list[str]) -> None:
 
 
 def read_jobs(ws: Path) -> dict | None:
-    return workspace.read_json(jobs_dir(ws) / JOBS_FILE)
+    """DIR/jobs/jobs.json, checked, with the defaults of the fields a job may lack filled in; None
+    when there is none. `newsdl submit` writes it whole (atomically), so a file that is not what it
+    writes was edited or damaged: a UserError naming the file and the field, not a traceback."""
+    path = jobs_dir(ws) / JOBS_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); `newsdl submit` rewrites it, or delete it to forget "
+                        f"the jobs") from None
+
+    def bad(record_: str | None, field: str | None, why: str) -> UserError:
+        return UserError(f"{where(str(path), record_, field)}: {why}; `newsdl submit` rewrites the file, or "
+                         f"delete it to forget the jobs")
+
+    if not isinstance(record, dict):
+        raise bad(None, None, f"expected a JSON object with a 'jobs' list, found {type(record).__name__}")
+    scheduler = record.get("scheduler", hpc_config.SCHEDULERS[0])
+    if scheduler not in hpc_config.SCHEDULERS:
+        raise bad(None, "scheduler", f"{scheduler!r} is not {' or '.join(hpc_config.SCHEDULERS)}")
+    jobs = record.get("jobs", [])
+    if not isinstance(jobs, list):
+        raise bad(None, "jobs", f"expected a list, found {type(jobs).__name__}")
+    checked = []
+    for k, job in enumerate(jobs):
+        entry = f"jobs[{k}]"
+        if not isinstance(job, dict):
+            raise bad(entry, None, f"expected an object, found {type(job).__name__}")
+        stage = job.get("stage")
+        if not isinstance(stage, str) or not stage:
+            raise bad(entry, "stage", "missing" if stage is None else f"{stage!r} is not a stage name")
+        job_id = job.get("job_id")
+        if job_id is not None and (isinstance(job_id, bool) or not isinstance(job_id, (str, int))):
+            raise bad(entry, "job_id", f"{job_id!r} is not a job id")
+        array = job.get("array", 1)
+        if isinstance(array, bool) or not isinstance(array, int) or array < 1:
+            raise bad(entry, "array", f"{array!r} is not a task count")
+        log = job.get("log", str(jobs_dir(ws) / "logs" / f"{stage}.out"))
+        if not isinstance(log, str):
+            raise bad(entry, "log", f"{log!r} is not a path")
+        checked.append({**job, "stage": stage, "job_id": None if job_id is None else str(job_id), "array": array,
+                        "log": log})
+    return {**record, "scheduler": scheduler, "jobs": checked}
 
 
 def wait(ws: Path, poll: float = defaults.WAIT_POLL_SECONDS, echo=print, timeout: float | None = None) -> list[dict]:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from newsdl import defaults, workspace
 from newsdl.errors import UserError
 from newsdl.ingest import readers
+from newsdl.ingest.images import changed_images
 from newsdl.ingest.schema import ARTICLES, CANONICAL, IMAGES
 from newsdl.ingest.validate import Seen, check_batch
 from newsdl.progress import Progress
@@ -77,14 +78,21 @@ def ingest(inputs: list[str | Path], workspace_dir: Path, *, images_root: str | 
                    for p in paths]
     config = {"images_root": str(root), "map": mapping, "strict": strict,
               "split_fractions": dict(defaults.SPLIT_FRACTIONS), "max_image_pixels": defaults.MAX_IMAGE_PIXELS}
-    if not force and workspace.is_up_to_date(folder, inputs_meta, config):
-        manifest = workspace.read_manifest(folder)
-        log.info("ingest is up to date in %s (use --force to redo it)", folder)
-        return IngestResult(folder, True, manifest["counts"])
+    with workspace.stage_lock(folder, "ingest"):
+        if not force and workspace.is_up_to_date(folder, inputs_meta, config):
+            changed = changed_images(root, pq.read_table(folder / "images.parquet"))
+            if not changed:
+                manifest = workspace.read_manifest(folder)
+                log.info("ingest is up to date in %s (use --force to redo it)", folder)
+                return IngestResult(folder, True, manifest["counts"])
+            log.info("%d image files changed since the last ingest (the first: %s); redoing it",
+                     len(changed), changed[0])
+        return _ingest(paths, folder, root, mapping, strict, inputs_meta, config)
 
-    folder.mkdir(parents=True, exist_ok=True)
+
+def _ingest(paths, folder, root, mapping, strict, inputs_meta, config) -> IngestResult:
+    # Under the stage lock, so the temporaries removed here are a killed run's, never a live one's.
     workspace.clean_temporaries(folder)
-    workspace.invalidate(folder)
     started = workspace.now()
     renamer = readers.Renamer(mapping)
     seen = Seen()
@@ -92,10 +100,9 @@ def ingest(inputs: list[str | Path], workspace_dir: Path, *, images_root: str | 
     reasons, image_reasons, splits = Counter(), Counter(), Counter()
     first_rejects: list[str] = []
 
-    with workspace.atomic_path(folder / "articles.parquet") as articles_tmp, \
-            workspace.atomic_path(folder / "images.parquet") as images_tmp, \
-            workspace.atomic_path(folder / "rejected.jsonl") as rejected_tmp, \
-            Progress("ingest", unit="records") as progress:
+    with workspace.staged(folder) as staged, Progress("ingest", unit="records") as progress:
+        articles_tmp, images_tmp = staged.path("articles.parquet"), staged.path("images.parquet")
+        rejected_tmp = staged.path("rejected.jsonl")
         articles_out = pq.ParquetWriter(articles_tmp, ARTICLES, compression="zstd")
         images_out = pq.ParquetWriter(images_tmp, IMAGES, compression="zstd")
         with open(rejected_tmp, "w", encoding="utf-8") as rejected_out:
@@ -110,6 +117,10 @@ def ingest(inputs: list[str | Path], workspace_dir: Path, *, images_root: str | 
                         is_image = "image" in rej
                         if strict:
                             raise UserError(_describe(rej) + " (--strict stops at the first problem)")
+                        if rej["code"] == "truncated":
+                            # A file cut short (an interrupted download or copy) is a damaged corpus,
+                            # not a bad record: say so and keep the workspace as it was.
+                            raise UserError(_describe(rej) + "; the input file is damaged, replace it")
                         (image_reasons if is_image else reasons)[rej["code"]] += 1
                         counts["images_rejected" if is_image else "rejected"] += 1
                         if len(first_rejects) < 5:
@@ -120,8 +131,6 @@ def ingest(inputs: list[str | Path], workspace_dir: Path, *, images_root: str | 
                         articles_out.write_table(articles, row_group_size=defaults.INGEST_ROW_GROUP)
                     if images.num_rows:
                         images_out.write_table(images, row_group_size=defaults.INGEST_ROW_GROUP)
-            rejected_out.flush()
-            os.fsync(rejected_out.fileno())
         articles_out.close()
         images_out.close()
 
@@ -132,6 +141,7 @@ def ingest(inputs: list[str | Path], workspace_dir: Path, *, images_root: str | 
             detail = f"; the first: {first_rejects[0]}" if first_rejects else ""
             raise UserError(f"no valid article in {', '.join(map(str, paths))} "
                             f"({counts['records_read']} records read, all rejected){detail}")
+        staged.commit()
 
     result_counts = {
         "records_read": counts["records_read"], "accepted": counts["accepted"], "rejected": counts["rejected"],

@@ -75,4 +75,8 @@ IMAGES = pa.schema([
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("format", pa.string()),
+    # The checked file's size and modification time, to notice it changed since (null in files
+    # written before they were recorded).
+    ("bytes", pa.int64()),
+    ("mtime_ns", pa.int64()),
 ])

@@ -7,6 +7,7 @@ so each rejected record carries exactly one reason.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from newsdl import defaults
 from newsdl.ingest.images import ImageInfo, ImageRejected, check_image
 from newsdl.ingest.readers import Batch, reject
 from newsdl.ingest.schema import ARTICLES, IMAGE_OUT, IMAGES, SPLITS
@@ -22,6 +24,17 @@ from newsdl.ingest.split import split_of
 
 # Image checks are file-system bound; threads overlap their waits.
 _IMAGE_THREADS = 8
+
+# Years a news article's date can have: digitised archives reach back into the 1800s, and past
+# 2100 are placeholders (9999-12-31) or typos, which would skew every time-based split or plot.
+_YEARS = (1800, 2100)
+
+# Text of only these is empty to a reader: whitespace, and invisible format characters (zero-width
+# space and joiners, word joiner, byte order mark, soft hyphen: Unicode category Cf). RE2 syntax.
+_BLANK = r"^[\s\x{0B}\x{85}\p{Z}\p{Cf}]*$"
+
+# ISO 8601 dates of reduced precision, "2014" and "2014-05", which fromisoformat refuses.
+_REDUCED_DATE = re.compile(r"(\d{4})(?:-(\d{2}))?")
 
 
 @dataclass
@@ -41,6 +54,9 @@ def _value(table: pa.Table, name: str, i: int):
 
 def _parse_date(text: str) -> _dt.datetime:
     value = text.strip()
+    reduced = _REDUCED_DATE.fullmatch(value)
+    if reduced:  # the start of that year or month
+        return _dt.datetime(int(reduced[1]), int(reduced[2] or 1), 1, tzinfo=_dt.timezone.utc)
     if value.endswith(("Z", "z")):
         value = value[:-1] + "+00:00"
     parsed = _dt.datetime.fromisoformat(value)
@@ -50,22 +66,56 @@ def _parse_date(text: str) -> _dt.datetime:
 
 
 def _published(column: pa.ChunkedArray) -> tuple[pa.Array, dict[int, str]]:
-    """Timestamps in UTC; a date with no zone is taken as UTC. Returns the bad rows' texts."""
+    """Timestamps in UTC; a date with no zone is taken as UTC. Returns the bad rows' reasons."""
+    stamp = pa.timestamp("ms", tz="UTC")
+    bad = {}
     try:
-        return pc.cast(column, pa.timestamp("ms", tz="UTC")), {}
+        stamps = pc.cast(column, stamp)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        pass
-    values, bad = [], {}
-    for i, text in enumerate(column.to_pylist()):
-        if text is None or not text.strip():
-            values.append(None)
-            continue
-        try:
-            values.append(_parse_date(text))
-        except ValueError:
-            values.append(None)
-            bad[i] = text
-    return pa.array(values, pa.timestamp("ms", tz="UTC")), bad
+        values = []
+        for i, text in enumerate(column.to_pylist()):
+            if text is None or not text.strip():
+                values.append(None)
+                continue
+            try:
+                values.append(_parse_date(text))
+            except (ValueError, OverflowError):
+                values.append(None)
+                bad[i] = f"unparsable date {text!r}; expected ISO-8601"
+        stamps = pa.array(values, stamp)
+    first, last = _YEARS
+    low = pa.scalar(_dt.datetime(first, 1, 1, tzinfo=_dt.timezone.utc), stamp)
+    high = pa.scalar(_dt.datetime(last + 1, 1, 1, tzinfo=_dt.timezone.utc), stamp)
+    implausible = _mask(pc.or_(pc.less(stamps, low), pc.greater_equal(stamps, high)))
+    for i in np.flatnonzero(implausible):
+        bad[int(i)] = f"implausible date {column[int(i)].as_py()!r}: the year is outside {first}-{last}"
+    return stamps, bad
+
+
+def _too_long(column) -> np.ndarray:
+    """Rows whose string has more than MAX_TEXT_CHARS characters."""
+    limit = defaults.MAX_TEXT_CHARS
+    # A character is at least a byte, so the byte lengths (from the offsets alone) settle most batches.
+    if not len(column) or (pc.max(pc.binary_length(column)).as_py() or 0) <= limit:
+        return np.zeros(len(column), dtype=bool)
+    return _mask(pc.greater(pc.utf8_length(column), limit))
+
+
+def _too_long_in_lists(column, child: str | None = None) -> np.ndarray:
+    """Rows with a string in their list (or in field ``child`` of its structs) over MAX_TEXT_CHARS."""
+    values = pc.list_flatten(column)
+    if child is not None:
+        values = pc.struct_field(values, child)
+    rows = np.zeros(len(column), dtype=bool)
+    long = _too_long(values)
+    if long.any():
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+        rows[np.repeat(np.arange(len(column)), lengths)[long]] = True
+    return rows
+
+
+def _length(table: pa.Table, name: str, i: int) -> str:
+    return f"{len(_value(table, name, i)):,} characters"
 
 
 def _value_checks(table: pa.Table) -> list[tuple[str, str, np.ndarray, callable]]:
@@ -78,10 +128,21 @@ def _value_checks(table: pa.Table) -> list[tuple[str, str, np.ndarray, callable]
         ("missing_id", "id", _mask(pc.is_null(ids)), lambda i: "missing id"),
         ("empty_id", "id", _mask(pc.equal(pc.utf8_trim_whitespace(ids), "")), lambda i: "empty id"),
         ("missing_text", "text", _mask(pc.is_null(text)), lambda i: "missing text"),
-        ("empty_text", "text", _mask(pc.equal(pc.utf8_trim_whitespace(text), "")), lambda i: "empty text"),
+        ("empty_text", "text", _mask(pc.match_substring_regex(text, _BLANK)),
+         lambda i: "empty text (only whitespace or invisible characters)"),
+        ("text_too_long", "text", _too_long(text),
+         lambda i: f"text of {_length(table, 'text', i)}; the limit is {defaults.MAX_TEXT_CHARS:,}"),
         ("geo_incomplete", "geo", _mask(pc.xor(pc.is_null(lat), pc.is_null(lon))),
          lambda i: "geo needs both lat and lon"),
     ]
+    for name in ("id", "source", "url", "published", "title", "split", "extra"):
+        checks.append(("string_too_long", name, _too_long(table.column(name)),
+                       lambda i, n=name: f"{n} of {_length(table, n, i)}; the limit is {defaults.MAX_TEXT_CHARS:,}"))
+    for name in ("path", "url", "caption"):
+        checks.append(("string_too_long", f"images.{name}", _too_long_in_lists(table.column("images"), name),
+                       lambda i, n=name: f"an image {n} over {defaults.MAX_TEXT_CHARS:,} characters"))
+    checks.append(("string_too_long", "keywords", _too_long_in_lists(table.column("keywords")),
+                   lambda i: f"a keyword over {defaults.MAX_TEXT_CHARS:,} characters"))
     for name, limit in (("lat", 90.0), ("lon", 180.0)):
         values = table.column(name)
         checks.append(("geo_nan", name, _mask(pc.is_nan(values)), lambda i, n=name: f"{n} is NaN"))
@@ -98,6 +159,10 @@ def _value_checks(table: pa.Table) -> list[tuple[str, str, np.ndarray, callable]
 def check_batch(batch: Batch, seen: Seen, images_root: Path) -> tuple[pa.Table, pa.Table, list[dict]]:
     """Return (articles, images, rejects) for one batch; rejects include those of parsing."""
     table, n = batch.table, batch.table.num_rows
+    # Ids are compared and kept stripped and NFC-normalised: " a", "a " and "a", or "é" composed
+    # and decomposed, are one id to a reader, so the second of them is a duplicate.
+    table = table.set_column(table.schema.get_field_index("id"), "id",
+                             pc.utf8_normalize(pc.utf8_trim_whitespace(table.column("id")), form="NFC"))
     rejects = list(batch.rejects)
     bad = np.zeros(n, dtype=bool)
 
@@ -115,7 +180,7 @@ def check_batch(batch: Batch, seen: Seen, images_root: Path) -> tuple[pa.Table, 
     if bad_dates:
         rows = np.zeros(n, dtype=bool)
         rows[list(bad_dates)] = True
-        drop(rows, "bad_date", "published", lambda i: f"unparsable date {bad_dates[i]!r}; expected ISO-8601")
+        drop(rows, "bad_date", "published", lambda i: bad_dates[i])
 
     ids = table.column("id").to_pylist()
     dupes = np.zeros(n, dtype=bool)
@@ -173,6 +238,8 @@ def _check_all(paths: list[str], root: Path, seen: Seen) -> None:
             return path, check_image(root, path)
         except ImageRejected as exc:
             return path, exc
+        except OSError as exc:  # check_image maps the usual ones; an odd file system may raise others
+            return path, ImageRejected("image_unreadable", f"cannot read the file ({exc})")
 
     with ThreadPoolExecutor(_IMAGE_THREADS) as pool:
         for path, result in pool.map(one, todo):
@@ -231,5 +298,7 @@ def _images(table, split, batch, locators, seen, root):
         pa.array([i.width for i in kept_infos], pa.int32()),
         pa.array([i.height for i in kept_infos], pa.int32()),
         pa.array([i.format for i in kept_infos], pa.string()),
+        pa.array([i.bytes for i in kept_infos], pa.int64()),
+        pa.array([i.mtime_ns for i in kept_infos], pa.int64()),
     ], schema=IMAGES)
     return images_col, images, rejects

@@ -82,43 +82,72 @@ def corpus_from_articles(table) -> Corpus:
                   {}, ("bow", "gaz"))
 
 
-def _manifest_digest(folder: Path) -> str | None:
+def _manifest_digest(manifest: dict) -> str:
     """A digest of what a finished stage produced: its manifest's outputs (name, hash, size)."""
     import hashlib
 
-    from newsdl.workspace import read_manifest
-
-    manifest = read_manifest(folder)
-    if manifest is None:
-        return None
-    body = json.dumps({"stage": manifest.get("stage"), "outputs": manifest.get("outputs"),
+    outputs = {name: {k: meta.get(k) for k in ("sha256", "bytes")} if isinstance(meta, dict) else meta
+               for name, meta in (manifest.get("outputs") or {}).items()}
+    body = json.dumps({"stage": manifest.get("stage"), "outputs": outputs,
                        "config": manifest.get("config")}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 def upstream(ws: Path) -> list[dict]:
     """The inputs of a train run, as manifest entries: the ingest and features stages."""
+    from newsdl.workspace import read_manifest
+
     entries = []
     for stage in ("ingest", "features"):
-        digest = _manifest_digest(ws / stage)
-        if digest is not None:
-            entries.append({"path": str(ws / stage / "manifest.json"), "sha256": digest})
+        manifest = read_manifest(ws / stage)
+        if manifest is not None:
+            entries.append({"path": str(ws / stage / "manifest.json"), "sha256": _manifest_digest(manifest)})
     return entries
 
 
+def check_model(ws: Path, folder: Path, task: str) -> dict:
+    """The manifest of a trained model that is still what train wrote, trained on the workspace's
+    current ingest and features; a model made from other data is refused, never used silently."""
+    from newsdl import workspace
+
+    manifest = workspace.require_stage(folder, f"run `newsdl train {task} -w {ws}` first")
+    recorded = [i.get("sha256") for i in manifest.get("inputs") or [] if isinstance(i, dict)]
+    if recorded != [i["sha256"] for i in upstream(ws)]:
+        raise UserError(f"{folder} is stale: {ws / 'ingest'} or {ws / 'features'} changed after this {task} model "
+                        f"was trained; rerun `newsdl train {task} -w {ws}`")
+    return manifest
+
+
+def _fresh_features(ws: Path) -> dict | None:
+    """The features stage's manifest when it finished, checked against the current ingest output."""
+    from newsdl import workspace
+
+    folder = ws / "features"
+    if not (folder / "manifest.json").exists():
+        return None
+    manifest = workspace.require_stage(folder, "run `newsdl featurize` first")
+    ingest = workspace.read_manifest(ws / "ingest") or {}
+    current = [{"path": f"ingest/{name}", "sha256": meta.get("sha256")}
+               for name, meta in (ingest.get("outputs") or {}).items() if isinstance(meta, dict)]
+    workspace.check_inputs_current(folder, manifest, current, f"{ws / 'ingest'}")
+    return manifest
+
+
 def load_corpus(ws: Path) -> Corpus:
-    """Articles of ``ws/ingest`` joined with what ``ws/features`` has for them."""
+    """Articles of ``ws/ingest`` joined with what ``ws/features`` has for them (refused when either
+    stage is damaged, or the features were made from another ingest output)."""
     import pyarrow.parquet as pq
 
+    from newsdl import workspace
+
+    workspace.require_stage(ws / "ingest", f"run `newsdl ingest INPUT -w {ws}` first")
     articles_path = ws / "ingest" / "articles.parquet"
-    if not (ws / "ingest" / "manifest.json").is_file() or not articles_path.is_file():
-        raise UserError(f"{ws / 'ingest'}: no finished ingest stage; run `newsdl ingest INPUT -w {ws}` first")
     table = pq.read_table(articles_path, columns=["id", "split", "title", "text", "source", "lat", "lon",
                                                   "comments", "shares"])
     corpus = corpus_from_articles(table)
     features = ws / "features"
     available = ["bow", "gaz"]
-    if (features / "manifest.json").is_file():
+    if _fresh_features(ws) is not None:
         text_path = features / "text.parquet"
         if text_path.is_file():
             corpus.arrays.update(_text_arrays(text_path, corpus.ids))
@@ -131,9 +160,6 @@ def load_corpus(ws: Path) -> Corpus:
             if fc7 is not None:
                 corpus.arrays["fc7"], corpus.arrays["fc7_mask"] = fc7, mask
                 available.append("fc7")
-    else:
-        log.warning("%s: no finished featurize stage; only the features made from the text itself "
-                    "(bow, gaz) are available", features)
     corpus.available = tuple(f for f in td.FEATURES if f in available)
     return corpus
 

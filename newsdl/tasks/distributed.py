@@ -225,11 +225,20 @@ class _Cluster:
 # ------------------------------------------------------------------ the stage
 
 def _train(strategy, ws: Path, task: str, mod, s: dict, mode: str, features, force: bool) -> dict:
+    import contextlib
+
+    cluster = _Cluster(strategy)
+    with contextlib.ExitStack() as stack:
+        if cluster.chief:  # the chief alone writes the model folder, so it alone holds its lock
+            stack.enter_context(workspace.stage_lock(ws / "models" / task, f"train {task} --distributed {mode}"))
+        return _train_as(cluster, ws, task, mod, s, mode, features, force)
+
+
+def _train_as(cluster, ws: Path, task: str, mod, s: dict, mode: str, features, force: bool) -> dict:
     from newsdl.tasks.data import load_corpus, upstream
     from newsdl.tasks.prepare import CONFIG, HISTORY, MODEL, resolve_features
     from newsdl.tasks.train import STAGE, prepare, publish_run
 
-    cluster = _Cluster(strategy)
     corpus = load_corpus(ws)
     chosen = resolve_features(task, features, corpus.available, ws)
     folder = ws / "models" / task

@@ -26,6 +26,11 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, beam: int | None 
     """Evaluate TASK's trained model in ``ws``; write and return metrics.json's content.
     Up to date (same model, same inputs): returns the stored metrics at once.
     ``beam``: caption only, the beam width (None: the one it was trained with)."""
+    with workspace.stage_lock(Path(ws) / "models" / task, f"evaluate {task}"):
+        return _evaluate_task(Path(ws), task, force=force, beam=beam)
+
+
+def _evaluate_task(ws: Path, task: str, *, force: bool, beam: int | None) -> dict:
     import json
 
     from newsdl import defaults as td

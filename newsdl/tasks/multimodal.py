@@ -138,9 +138,10 @@ def check_beam(beam) -> int:
 
 def split_or_hold_out(images: Images, rows: dict, seed: int) -> dict:
     """Without a val split, a fixed tenth of train (whole articles) is held out for early stopping."""
-    if len(rows["train"]) == 0:
-        raise UserError("no usable image in the train split; check the articles' field 'split' and their images")
-    if len(rows["val"]) == 0 and len(rows["train"]) >= 10:
+    if len(rows["train"]) < td.MIN_TRAIN:
+        raise UserError(f"{len(rows['train'])} usable images in the train split, and training needs at least "
+                        f"{td.MIN_TRAIN}; check the articles' field 'split' and their images")
+    if len(rows["val"]) == 0:
         arts = np.unique(images.article_id[rows["train"]])
         held = set(np.random.default_rng(seed).permutation(arts)[:max(1, len(arts) // 10)])
         is_held = np.array([a in held for a in images.article_id[rows["train"]]])
@@ -340,6 +341,9 @@ def read_saved(ws: Path, task: str, extra: tuple[str, ...] = ()) -> tuple[Path, 
         if not (folder / name).is_file():
             raise UserError(f"{folder}: no trained {task} model ({name} missing); run `newsdl train {task} -w {ws}` "
                             f"first")
+    from newsdl.tasks.data import check_model
+
+    check_model(ws, folder, task)
     return folder, json.loads((folder / CONFIG).read_text(encoding="utf-8"))
 
 

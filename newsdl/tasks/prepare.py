@@ -14,8 +14,8 @@ import numpy as np
 
 from newsdl.errors import UserError
 from newsdl import defaults as td
-from newsdl.tasks.data import (OOV_ID, Corpus, bow_arrays, embedding_matrix, fit_bow, load_bow, save_bow,
-                               words)
+from newsdl.tasks.data import (OOV_ID, Corpus, bow_arrays, check_model, embedding_matrix, fit_bow, load_bow,
+                               save_bow, words)
 
 log = logging.getLogger("newsdl.tasks")
 
@@ -36,6 +36,11 @@ def resolve_features(task: str, requested, available: tuple[str, ...], ws: Path)
     the task can use that the workspace has."""
     allowed = td.TASK_FEATURES[task]
     if requested is None or requested == "" or requested == []:
+        if not (ws / "features" / "manifest.json").is_file():
+            # Training on the bag of words alone, because the features went missing, would hand the
+            # user a weaker model than the one they asked for under the same name.
+            raise UserError(f"{ws / 'features'}: no finished featurize stage; run `newsdl featurize -w {ws}` "
+                            f"first, or choose text-only features explicitly (--features bow)")
         chosen = [f for f in allowed if f in available]
     else:
         names = requested.split(",") if isinstance(requested, str) else list(requested)
@@ -76,9 +81,10 @@ def split_rows(corpus: Corpus, labelled: np.ndarray, seed: int) -> dict[str, np.
     """Labelled rows of each ingest split. Without any val row, a fixed tenth of train is held
     out for early stopping (and said so), because stopping on train would never stop."""
     rows = {s: np.flatnonzero(labelled & (corpus.split == s)) for s in ("train", "val", "test")}
-    if len(rows["train"]) == 0:
-        raise UserError("no labelled article in the train split; check field 'split' and the task's label field")
-    if len(rows["val"]) == 0 and len(rows["train"]) >= 10:
+    if len(rows["train"]) < td.MIN_TRAIN:
+        raise UserError(f"{len(rows['train'])} labelled articles in the train split, and training needs at least "
+                        f"{td.MIN_TRAIN}; check field 'split' and the task's label field")
+    if len(rows["val"]) == 0:
         perm = np.random.default_rng(seed).permutation(rows["train"])
         cut = max(1, len(perm) // 10)
         rows["val"], rows["train"] = np.sort(perm[:cut]), np.sort(perm[cut:])
@@ -183,6 +189,7 @@ def read_saved(ws: Path, task: str) -> Saved:
     path = folder / CONFIG
     if not path.is_file() or not (folder / MODEL).is_file():
         raise UserError(f"{folder}: no trained {task} model; run `newsdl train {task} -w {ws}` first")
+    check_model(ws, folder, task)
     config = json.loads(path.read_text(encoding="utf-8"))
     fitted = restore_fitted(folder, config, ws)
     return Saved(folder, config, fitted)

@@ -91,17 +91,21 @@ def train_task(ws: Path, task: str, *, features=None, force: bool = False, distr
     ``distributed``: "slurm" or "tf_config" trains on the workers of a multi-worker job
     (newsdl.tasks.distributed); None or "none": this process alone.
     """
-    if task in td.MULTIMODAL_TASKS:  # caption, illustrate: per-image tasks with their own modules
-        import importlib
-
-        if distributed not in (None, "none"):
-            raise UserError(f"--distributed {distributed}: {task} trains in one process only")
-        return importlib.import_module(f"newsdl.tasks.{task}").train(ws, features=features, force=force, **options)
     if distributed not in (None, "none"):
+        if task in td.MULTIMODAL_TASKS:
+            raise UserError(f"--distributed {distributed}: {task} trains in one process only")
         from newsdl.tasks.distributed import train_distributed
 
         return train_distributed(ws, task, mode=distributed, features=features, force=force, **options)
-    ws = Path(ws)
+    with workspace.stage_lock(Path(ws) / "models" / task, f"train {task}"):
+        return _train_task(Path(ws), task, features=features, force=force, **options)
+
+
+def _train_task(ws: Path, task: str, *, features, force: bool, **options) -> dict:
+    if task in td.MULTIMODAL_TASKS:  # caption, illustrate: per-image tasks with their own modules
+        import importlib
+
+        return importlib.import_module(f"newsdl.tasks.{task}").train(ws, features=features, force=force, **options)
     mod = task_module(task)
     s = settings(task, **options)
     corpus = load_corpus(ws)
