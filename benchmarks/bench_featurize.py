@@ -31,6 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The real photos and Lee-corpus articles the tests use (tests/testdata.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -46,7 +48,7 @@ def bench_images(backbone_name: str, n_images: int, batch_size: int, rounds: int
     from newsdl import defaults as fd
     from newsdl.features import images as img
     from newsdl.features.backbones import get_backbone, resolve_weights
-    from newsdl.features.testdata import write_photos
+    from testdata import write_photos
 
     root = work / "photos"
     names = write_photos(root, n_images, max_side=500)  # news photos are about 500 px wide
@@ -127,7 +129,7 @@ def text_worker(kind: str, ws: Path, epochs: int) -> dict:
 
     from newsdl.features.text import Word2VecConfig, available_cores
     from newsdl.features.tokenize import tokenize
-    from newsdl.features.testdata import lee_documents
+    from testdata import lee_documents
 
     # The same articles (Lee, repeated) as the pipeline's train split, tokenised once, held as a list.
     table = pq.read_table(ws / "ingest" / "articles.parquet", columns=["id", "title", "text", "split"])
@@ -166,7 +168,7 @@ def run_worker(kind: str, ws: Path, epochs: int) -> dict:
 
 
 def make_text_ws(path: Path, n_words: int) -> Path:
-    from newsdl.features.testdata import lee_articles, write_ingest
+    from testdata import lee_articles, write_ingest
 
     write_ingest(path, lee_articles(n_words), images_root=None)
     return path

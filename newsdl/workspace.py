@@ -265,7 +265,8 @@ def invalidate(folder: Path) -> None:
 
 
 def write_manifest(folder: Path, stage: str, *, inputs: list[dict], config: dict,
-                   counts: dict, outputs: list[str], started: str, extra: dict | None = None) -> dict:
+                   counts: dict, outputs: list[str], started: str, extra: dict | None = None,
+                   name: str = MANIFEST) -> dict:
     manifest = {
         "stage": stage,
         "inputs": inputs,
@@ -279,7 +280,7 @@ def write_manifest(folder: Path, stage: str, *, inputs: list[dict], config: dict
     }
     if extra:
         manifest.update(extra)
-    write_json(folder / MANIFEST, manifest)
+    write_json(folder / name, manifest)
     return manifest
 
 

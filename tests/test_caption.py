@@ -159,7 +159,9 @@ def test_caption_end_to_end(caption_workspace, sample_corpus, tmp_path):
     assert metrics["main_metric"] == "cider" and metrics["model"]["beam"] == 3
     assert "cider*" in format_table(metrics)
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert {"metrics.json", "model.keras", "vocab.json"} <= set(manifest["outputs"])
+    assert {"model.keras", "vocab.json"} <= set(manifest["outputs"])
+    record = json.loads((folder / "evaluate.json").read_text())
+    assert record["outputs"].keys() == {"metrics.json"} and record["config"]["beam"] == 3
     # Reruns are no-ops; another beam width is another evaluation.
     assert train_task(ws, "caption", epochs=2, batch_size=16, seed=7)["skipped"] is True
     assert evaluate_task(ws, "caption") == metrics

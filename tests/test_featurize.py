@@ -19,7 +19,7 @@ import pytest
 from conftest import run_cli
 from newsdl.errors import UserError
 from newsdl.features import merge_shards, run_featurize, shards
-from newsdl.features.testdata import write_broken_images, write_ingest, write_photos
+from testdata import write_broken_images, write_ingest, write_photos
 
 SMALL = dict(backbone="small_cnn", weights="random", chunk_size=2, batch_size=2)
 

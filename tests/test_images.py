@@ -21,7 +21,7 @@ from newsdl.errors import UserError
 from newsdl.features import images as img
 from newsdl.features import run_featurize
 from newsdl.features.backbones import get_backbone, resolve_weights
-from newsdl.features.testdata import write_broken_images, write_colour_variants, write_ingest, write_photos
+from testdata import write_broken_images, write_colour_variants, write_ingest, write_photos
 
 SMALL = dict(text=False, backbone="small_cnn", weights="random")
 

@@ -48,9 +48,15 @@ def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task): 
              "popularity": ["predicted_vs_true.png"]}[task]
     for plot in plots:
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Two stages, two records: train's (the model) and evaluate's (metrics and plots, keyed by the
+    # model's sha256).
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert {"metrics.json", "model.keras", *plots} <= set(manifest["outputs"])
-    assert manifest["evaluate"]["model_sha256"] and manifest["inputs"]
+    assert manifest["stage"] == "train" and "model.keras" in manifest["outputs"] and manifest["inputs"]
+    assert "metrics.json" not in manifest["outputs"]
+    record = json.loads((folder / "evaluate.json").read_text())
+    assert record["stage"] == "evaluate" and {"metrics.json", *plots} == set(record["outputs"])
+    assert record["config"]["model_sha256"] == manifest["outputs"]["model.keras"]["sha256"]
+    assert record["inputs"] == manifest["inputs"]
     history = (folder / "history.csv").read_text().splitlines()
     assert 2 <= len(history) <= 1 + FAST_TRAIN["epochs"]
     config = json.loads((folder / "config.json").read_text())

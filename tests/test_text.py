@@ -18,7 +18,7 @@ import pytest
 
 from newsdl.errors import UserError
 from newsdl.features import load_text_featurizer, run_featurize
-from newsdl.features.testdata import lee_documents, write_ingest
+from testdata import lee_documents, write_ingest
 from newsdl.features.text import OOV, OFFSET, PAD, ParquetCorpus
 from newsdl.features.tokenize import load_stopwords, tokenize
 from newsdl.features.vectors import load_pretrained, read_vectors

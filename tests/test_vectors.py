@@ -19,7 +19,7 @@ import pytest
 
 from conftest import run_cli
 from newsdl.errors import UserError
-from newsdl.features.testdata import write_ingest
+from testdata import write_ingest
 from newsdl.features.vectors import load_pretrained, looks_like_pickle
 
 

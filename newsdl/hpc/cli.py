@@ -36,8 +36,8 @@ def submit(
 ) -> None:
     """Submit ingest -> featurize (job array) -> merge -> train/evaluate each task, chained by after-ok."""
     from newsdl.errors import UserError
-    from newsdl.hpc.submit import submit as run_submit, wait as run_wait
-    from newsdl.hpc.status import failure_report
+    from newsdl.hpc.status import failure_report, wait as run_wait
+    from newsdl.hpc.submit import submit as run_submit
     from newsdl.workspace import resolve
 
     if wait and dry_run:

@@ -8,10 +8,13 @@ is not there), the workspace's manifests decide whether the stage's output is th
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from newsdl import defaults
 from newsdl.hpc import scheduler as sched
 from newsdl.hpc.scripts import log_id as job_number
+from newsdl.hpc.submit import read_jobs
 from newsdl.workspace import read_manifest
 
 FINAL = {"done", "failed", "cancelled", "unknown"}
@@ -20,8 +23,6 @@ FINAL = {"done", "failed", "cancelled", "unknown"}
 def job_rows(ws: Path) -> list[dict]:
     """One row per submitted job: stage, job_id, state (done/running/pending/failed/cancelled/
     unknown), detail, logs (the log of each task that ran or is running), tasks."""
-    from newsdl.hpc.submit import read_jobs
-
     record = read_jobs(ws)  # checked: every job has a stage, a job_id (maybe None), a log and an array
     if record is None:
         return []
@@ -95,8 +96,8 @@ def _output_done(ws: Path, stage: str, array: int) -> bool:
     kind, _, task = stage.partition("-")
     if kind == "train":
         return read_manifest(ws / "models" / task) is not None
-    if kind == "evaluate":
-        return (ws / "models" / task / "metrics.json").is_file()
+    if kind == "evaluate":  # evaluate's record is written last, after metrics.json and the plots
+        return (ws / "models" / task / "evaluate.json").is_file()
     return False
 
 
@@ -117,3 +118,24 @@ def failure_report(rows: list[dict], tail: int = 5) -> list[str]:
     if never:
         lines.append(f"never ran, cancelled by the scheduler: {', '.join(never)}")
     return lines
+
+
+def wait(ws: Path, poll: float = defaults.WAIT_POLL_SECONDS, echo=print, timeout: float | None = None) -> list[dict]:
+    """Poll until every submitted job has ended; echo each stage's state changes; return the rows."""
+    seen: dict[str, str] = {}
+    unknown = 0
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        rows = job_rows(ws)
+        for row in rows:
+            if seen.get(row["stage"]) != row["state"]:
+                seen[row["stage"]] = row["state"]
+                echo(f"{row['stage']:<20} {row['state']:<9} {row['detail']}")
+        # "unknown" can be a controller too busy to answer once: believe it three polls running.
+        unknown = unknown + 1 if any(row["state"] == "unknown" for row in rows) else 0
+        if all(row["state"] in FINAL for row in rows) and (unknown == 0 or unknown >= 3):
+            return rows
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"jobs still running after {timeout:.0f} s")
+        time.sleep(poll)
+

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 from newsdl import defaults
@@ -133,26 +132,3 @@ def read_jobs(ws: Path) -> dict | None:
         checked.append({**job, "stage": stage, "job_id": None if job_id is None else str(job_id), "array": array,
                         "log": log})
     return {**record, "scheduler": scheduler, "jobs": checked}
-
-
-def wait(ws: Path, poll: float = defaults.WAIT_POLL_SECONDS, echo=print, timeout: float | None = None) -> list[dict]:
-    """Poll until every submitted job has ended; echo each stage's state changes; return the rows."""
-    from newsdl.hpc.status import FINAL, job_rows
-
-    seen: dict[str, str] = {}
-    unknown = 0
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        rows = job_rows(ws)
-        for row in rows:
-            if seen.get(row["stage"]) != row["state"]:
-                seen[row["stage"]] = row["state"]
-                echo(f"{row['stage']:<20} {row['state']:<9} {row['detail']}")
-        # "unknown" can be a controller too busy to answer once: believe it three polls running.
-        unknown = unknown + 1 if any(row["state"] == "unknown" for row in rows) else 0
-        if all(row["state"] in FINAL for row in rows) and (unknown == 0 or unknown >= 3):
-            return rows
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"jobs still running after {timeout:.0f} s")
-        time.sleep(poll)
-

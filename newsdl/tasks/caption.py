@@ -26,10 +26,10 @@ from newsdl import defaults as td
 from newsdl import workspace
 from newsdl.errors import UserError
 from newsdl.tasks import multimodal as mm
+from newsdl.tasks.layout import CONFIG, HISTORY, MODEL, VOCAB, evaluated, write_evaluation
 
 log = logging.getLogger("newsdl.tasks")
 TASK = "caption"
-VOCAB = "vocab.json"
 
 
 def _model_config() -> dict:
@@ -108,20 +108,20 @@ def train(ws: Path, *, force: bool = False, **options) -> dict:
                   monitor="val_loss", mode="min", identity=identity)
 
     workspace.write_json(folder / VOCAB, vocab.to_json())
-    mm.publish(folder, {mm.MODEL: folder / "run" / "best.keras", mm.HISTORY: folder / "run" / "history.csv"})
+    mm.publish(folder, {MODEL: folder / "run" / "best.keras", HISTORY: folder / "run" / "history.csv"})
     summary = {"task": TASK, "folder": str(folder), "head": f"lstm-{td.CAPTION_UNITS}", "context": s["context"],
                "features": ["fc7"] + (["w2v_mean"] if s["context"] == "article" else []),
                "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "vocabulary": len(vocab),
                "val_score": done["val_best"], "best_epoch": done["best_epoch"], "epochs_run": done["epochs_run"],
                "seconds": round(time.monotonic() - t0, 1)}
-    workspace.write_json(folder / mm.CONFIG, {**config, "fitted": {"fc7_dim": int(images.fc7.shape[1]),
+    workspace.write_json(folder / CONFIG, {**config, "fitted": {"fc7_dim": int(images.fc7.shape[1]),
                                                                    "vocabulary": len(vocab),
                                                                    "word2vec_hits": found, "max_len": max_len,
                                                                    "embedding_dim": int(dim)},
                                               "summary": summary})
     workspace.write_manifest(folder, "train", inputs=inputs_meta, config=config,
                              counts={"train": summary["n_train"], "val": summary["n_val"]},
-                             outputs=[mm.MODEL, mm.CONFIG, mm.HISTORY, VOCAB], started=started,
+                             outputs=[MODEL, CONFIG, HISTORY, VOCAB], started=started,
                              extra={"task": TASK})
     return summary
 
@@ -163,8 +163,8 @@ def evaluate(ws: Path, *, force: bool = False, beam: int | None = None) -> dict:
     folder, config = mm.read_saved(ws, TASK, (VOCAB,))
     beam = mm.check_beam(config.get("beam", td.CAPTION_BEAM) if beam is None else beam)
     inputs_meta = upstream(ws)
-    key = {"model_sha256": workspace.sha256_file(folder / mm.MODEL), "beam": beam}
-    stored = mm.evaluated(folder, inputs_meta, key, force)
+    key = {"model_sha256": workspace.sha256_file(folder / MODEL), "beam": beam}
+    stored = evaluated(folder, inputs_meta, key, force)
     if stored is not None:
         return stored
     t0, started = time.monotonic(), workspace.now()
@@ -180,7 +180,7 @@ def evaluate(ws: Path, *, force: bool = False, beam: int | None = None) -> dict:
                         f"'split' of their articles), nothing to evaluate caption on")
     _check_dim(folder, config, images.fc7.shape[1])
     x = _inputs(images, config["context"])
-    decoder = cm.Decoder(load(folder / mm.MODEL))
+    decoder = cm.Decoder(load(folder / MODEL))
     t1 = time.monotonic()
     ids, _, _ = cm.decode_batches(decoder, x["fc7"][test], x["context"][test] if "context" in x else None,
                                   beam=beam, progress="caption: decoding test images")
@@ -207,15 +207,14 @@ def evaluate(ws: Path, *, force: bool = False, beam: int | None = None) -> dict:
                       "nearest_neighbour": systems["nearest_neighbour"][j]}
                      for j, i in enumerate(test[:td.CAPTION_EXAMPLES])],
     }
-    outputs = [mm.MODEL, mm.CONFIG, mm.HISTORY, VOCAB]
-    mm.write_evaluation(folder, metrics, outputs, inputs_meta, key, started, t0)
+    write_evaluation(folder, metrics, [], inputs_meta, key, started, time.monotonic() - t0)
     return metrics
 
 
 def _check_dim(folder: Path, config: dict, dim: int) -> None:
     want = config.get("fitted", {}).get("fc7_dim")
     if want is not None and int(want) != int(dim):
-        raise UserError(f"{folder / mm.CONFIG}: field 'fitted.fc7_dim' is {want}, the workspace's image features "
+        raise UserError(f"{folder / CONFIG}: field 'fitted.fc7_dim' is {want}, the workspace's image features "
                         f"have {dim} values; retrain with `newsdl train caption --force`")
 
 
@@ -224,7 +223,7 @@ def _check_dim(folder: Path, config: dict, dim: int) -> None:
 def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root: Path | None = None,
             beam: int | None = None) -> dict:
     """Caption every usable image of the articles of INPUT; one JSON record per image."""
-    from newsdl.tasks.predict import _write, default_out, predict_summary
+    from newsdl.tasks.predict import write_predictions, default_out, predict_summary
 
     ws, input_path = Path(ws), Path(input_path).expanduser()
     folder, config = mm.read_saved(ws, TASK, (VOCAB,))
@@ -240,12 +239,12 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
     vocab = cm.Vocabulary.load(folder / VOCAB)
     records = []
     if len(new.path):
-        decoder = cm.Decoder(load(folder / mm.MODEL))
+        decoder = cm.Decoder(load(folder / MODEL))
         ctx = new.text["w2v_mean"] if config["context"] == "article" else None
         ids, logprob, length = cm.decode_batches(decoder, new.fc7, ctx, beam=beam, progress="caption: predicting")
         records = [{"id": str(a), "image": p, "caption": vocab.decode(i), "logprob": round(float(lp), 4),
                     "words": int(n)} for a, p, i, lp, n in zip(new.article_id, new.path, ids, logprob, length)]
     else:
         log.warning("%s: no usable image in the input, nothing to caption", input_path)
-    _write(out, records)
+    write_predictions(out, records)
     return {**predict_summary(out, len(records), rejects, rejected_file), "unit": "images"}

@@ -117,10 +117,9 @@ def embedding_init(vocab: Vocabulary, kv, dim: int, seed: int) -> tuple[np.ndarr
         if hits:
             vecs = np.stack([kv[w] for _, w in hits]).astype(np.float32)
             if vecs.shape[1] > dim:
-                # PCA on the most frequent words of the vectors (the first rows of a word2vec file).
-                sample = np.asarray(kv.vectors[:td.CAPTION_PCA_WORDS], np.float64)
-                mean = sample.mean(axis=0)
-                axes = np.linalg.svd(sample - mean, full_matrices=False)[2][:dim]
+                from newsdl.tasks.data import pca_axes
+
+                mean, axes = pca_axes(kv.vectors, dim, rows=td.CAPTION_PCA_WORDS)
                 vecs = ((vecs - mean) @ axes.T).astype(np.float32)
                 if vecs.shape[1] < dim:
                     vecs = np.hstack([vecs, np.zeros((len(vecs), dim - vecs.shape[1]), np.float32)])

@@ -64,12 +64,18 @@ def train(
         from newsdl.tasks.distributed import check_environment
 
         check_environment(distributed)  # a usage mistake exits 2 before TensorFlow loads
-    from newsdl.tasks.train import train_task
+    if distributed != "none":
+        import functools
 
-    s = train_task(_ws(workspace), _task(task), features=features, force=force, head=head, epochs=epochs,
-                   batch_size=batch_size, lr=lr, seed=seed, patience=patience,
-                   **({"distributed": distributed} if distributed != "none" else {}),
-                   **({k: v for k, v in (("context", context), ("beam", beam)) if v is not None}))
+        from newsdl.tasks.distributed import train_distributed
+
+        run = functools.partial(train_distributed, mode=distributed)
+    else:
+        from newsdl.tasks.train import train_task as run
+
+    s = run(_ws(workspace), _task(task), features=features, force=force, head=head, epochs=epochs,
+            batch_size=batch_size, lr=lr, seed=seed, patience=patience,
+            **({k: v for k, v in (("context", context), ("beam", beam)) if v is not None}))
     if s.get("chief") is False:
         typer.echo(f"train {task}: worker done ({s.get('workers', '?')} workers); the chief writes the model")
         return

@@ -164,7 +164,7 @@ def load_corpus(ws: Path) -> Corpus:
     return corpus
 
 
-def _position(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+def positions_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Row of each ``wanted`` id in ``ids`` (-1 where absent)."""
     order = np.argsort(ids)
     found = np.searchsorted(ids, wanted, sorter=order)
@@ -173,7 +173,7 @@ def _position(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return np.where(ids[rows] == wanted, rows, -1)
 
 
-def _matrix(column) -> np.ndarray:
+def column_matrix(column) -> np.ndarray:
     """A fixed-size-list (or list) column of floats as an [n, d] float32 matrix; nulls are zeros."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -201,12 +201,12 @@ def _text_arrays(path: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
     if "article_id" not in columns:
         raise UserError(f"{path}: field 'article_id' is missing; rerun `newsdl featurize --force`")
     table = pq.read_table(path, columns=columns)
-    rows = _position(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
+    rows = positions_of(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
     keep = rows >= 0
     out = {}
     for name in ("w2v_mean", "w2v_max"):
         if name in columns:
-            m = _matrix(table.column(name))
+            m = column_matrix(table.column(name))
             full = np.zeros((len(ids), m.shape[1]), np.float32)
             full[rows[keep]] = m[keep]
             out[name] = full
@@ -248,10 +248,10 @@ def _image_arrays(parts: list[Path], ids: np.ndarray) -> tuple[np.ndarray | None
         table = table.filter(pc.is_valid(table.column("fc7")))
         if table.num_rows == 0:
             continue
-        m = _matrix(table.column("fc7"))
+        m = column_matrix(table.column("fc7"))
         if m.shape[1] == 0:
             continue
-        rows = _position(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
+        rows = positions_of(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
         keep = rows >= 0
         if sums is None:
             sums = np.zeros((len(ids), m.shape[1]), np.float32)
@@ -341,15 +341,23 @@ def bow_arrays(matrix, terms: int = td.BOW_TERMS) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ word vectors
 
+def pca_axes(vectors: np.ndarray, dim: int, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, the first ``dim`` principal axes as rows) of word vectors, fitted on the first ``rows``
+    of them (the most frequent words of a word2vec file) or on all: the one PCA that shrinks
+    word2vec to a model's embedding size (the text CNN's, the caption decoder's)."""
+    sample = np.asarray(vectors[:rows] if rows else vectors, np.float64)
+    mean = sample.mean(axis=0)
+    return mean, np.linalg.svd(sample - mean, full_matrices=False)[2][:dim]
+
+
 def embedding_matrix(kv, dim: int = td.EMBED_DIM) -> np.ndarray:
     """Rows for every token id (PAD, OOV, then the word2vec rows), projected by PCA to ``dim``
     and scaled to unit average norm: word2vec's most informative directions at a CNN-friendly
     size. PAD is the zero vector; OOV is the mean word (the projection's origin)."""
     vectors = np.asarray(kv.vectors, np.float64)
-    centred = vectors - vectors.mean(axis=0)
-    dim = min(dim, *centred.shape)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    projected = centred @ vt[:dim].T
+    mean, axes = pca_axes(vectors, dim)
+    projected = (vectors - mean) @ axes.T
+    dim = projected.shape[1]
     projected /= max(np.linalg.norm(projected, axis=1).mean(), 1e-8)
     out = np.zeros((len(vectors) + FIRST_WORD_ID, td.EMBED_DIM), np.float32)
     out[FIRST_WORD_ID:, :dim] = projected

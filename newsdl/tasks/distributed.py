@@ -70,12 +70,10 @@ def train_distributed(ws: Path, task: str, *, mode: str, features=None, force: b
     summary that `train.train_task` returns (others: the same with ``"chief": False``)."""
     from newsdl.tasks.prepare import task_module
 
-    if mode not in MODES:
-        raise UserError(f"--distributed {mode}: choose one of {', '.join(MODES)}")
-    if mode == "none":
-        from newsdl.tasks.train import train_task
-
-        return train_task(ws, task, features=features, force=force, **options)
+    if mode not in MODES[1:]:
+        raise UserError(f"--distributed {mode}: choose one of {', '.join(MODES[1:])}")
+    if task in defaults.MULTIMODAL_TASKS:
+        raise UserError(f"--distributed {mode}: {task} trains in one process only")
     ws = Path(ws)
     mod = task_module(task)
     if task == "geoloc" and options.get("head") in (None, "auto"):
@@ -236,8 +234,9 @@ def _train(strategy, ws: Path, task: str, mod, s: dict, mode: str, features, for
 
 def _train_as(cluster, ws: Path, task: str, mod, s: dict, mode: str, features, force: bool) -> dict:
     from newsdl.tasks.data import load_corpus, upstream
-    from newsdl.tasks.prepare import CONFIG, HISTORY, MODEL, resolve_features
-    from newsdl.tasks.train import STAGE, prepare, publish_run
+    from newsdl.tasks.layout import CONFIG, HISTORY, MODEL, TRAIN_STAGE, reset_for_training
+    from newsdl.tasks.prepare import resolve_features
+    from newsdl.tasks.train import prepare, publish_run
 
     corpus = load_corpus(ws)
     chosen = resolve_features(task, features, corpus.available, ws)
@@ -252,9 +251,7 @@ def _train_as(cluster, ws: Path, task: str, mod, s: dict, mode: str, features, f
 
     started, t0 = workspace.now(), time.monotonic()
     if cluster.chief:
-        folder.mkdir(parents=True, exist_ok=True)
-        workspace.clean_temporaries(folder)
-        workspace.invalidate(folder)
+        reset_for_training(folder)
         if force:
             shutil.rmtree(folder / "runs", ignore_errors=True)
     rows, fitted, objects, record, fitted_all, x = prepare(ws, mod, corpus, chosen, s["seed"])
@@ -276,7 +273,7 @@ def _train_as(cluster, ws: Path, task: str, mod, s: dict, mode: str, features, f
                     "heads": {head: run}, "summary": summary}
     workspace.write_json(folder / CONFIG, saved_config)
     outputs = [MODEL, CONFIG, HISTORY] + (["bow.json"] if "bow" in objects else [])
-    workspace.write_manifest(folder, STAGE, inputs=inputs_meta, config=config,
+    workspace.write_manifest(folder, TRAIN_STAGE, inputs=inputs_meta, config=config,
                              counts={"train": summary["n_train"], "val": summary["n_val"]},
                              outputs=outputs, started=started,
                              extra={"task": task, "head": head, "workers": cluster.workers})
@@ -286,12 +283,12 @@ def _train_as(cluster, ws: Path, task: str, mod, s: dict, mode: str, features, f
 
 def _run(cluster, folder: Path, mod, head: str, corpus, x, rows, features, fitted, s: dict, identity: dict):
     """Train one head to completion, or resume it (train._run's layout: runs/HEAD/)."""
-    from newsdl.tasks.train import _finish, _read_json
+    from newsdl.tasks.train import finish_run
 
     run_dir = folder / "runs" / head
     run_id = {**identity, "head": head}
     if cluster.chief:
-        previous = {k: v for k, v in (_read_json(run_dir / "run.json") or {}).items()
+        previous = {k: v for k, v in (workspace.read_json(run_dir / "run.json") or {}).items()
                     if k not in ("monitor", "initial")}
         if previous != run_id:
             shutil.rmtree(run_dir, ignore_errors=True)  # another config's run: nothing to resume
@@ -302,10 +299,10 @@ def _run(cluster, folder: Path, mod, head: str, corpus, x, rows, features, fitte
     done = cluster.broadcast([float((run_dir / "done.json").is_file())])[0]
     if done:
         log.info("%s/%s: already trained in %s", mod.NAME, head, run_dir)
-        return _read_json(run_dir / "done.json") if cluster.chief else None
+        return workspace.read_json(run_dir / "done.json") if cluster.chief else None
     _fit(cluster, run_dir, mod, head, corpus, x, rows, features, fitted, s)
     if cluster.chief:
-        return _finish(run_dir, mod, head, corpus, x, rows, fitted, s)
+        return finish_run(run_dir, mod, head, corpus, x, rows, fitted, s)
     return None
 
 
@@ -392,7 +389,7 @@ def _fit(cluster, run_dir: Path, mod, head, corpus, x, rows, features, fitted, s
     import tensorflow as tf
 
     from newsdl import defaults as td
-    from newsdl.tasks.train import EpochSeeds, _history, _read_json, set_determinism
+    from newsdl.tasks.train import EpochSeeds, read_history, set_determinism
 
     from newsdl.tasks import preempt
 
@@ -424,7 +421,7 @@ def _fit(cluster, run_dir: Path, mod, head, corpus, x, rows, features, fitted, s
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
     if cluster.chief:
-        workspace.write_json(run_dir / "run.json", {**_read_json(run_dir / "run.json"), "monitor": monitor})
+        workspace.write_json(run_dir / "run.json", {**workspace.read_json(run_dir / "run.json"), "monitor": monitor})
 
     # ---- resume: every worker restores the chief's last checkpoint
     backup = run_dir / "backup"
@@ -439,8 +436,8 @@ def _fit(cluster, run_dir: Path, mod, head, corpus, x, rows, features, fitted, s
         start = int(epoch_var.numpy())
     start = max(start, 0)
     history_path = run_dir / "history.csv"
-    history = _history(history_path, start) if cluster.chief else []
-    run_info = _read_json(run_dir / "run.json") or {}
+    history = read_history(history_path, start) if cluster.chief else []
+    run_info = workspace.read_json(run_dir / "run.json") or {}
     initial = run_info.get("initial") if start and cluster.chief else None
     # Early stopping's state (best, wait) and the best checkpoint's value, replayed from the chief's
     # history: the workers must agree on them to stop at the same epoch.
@@ -473,7 +470,7 @@ def _fit(cluster, run_dir: Path, mod, head, corpus, x, rows, features, fitted, s
         if cluster.chief:
             model.save(tmp_best)
             os.replace(tmp_best, run_dir / "best.keras")
-            workspace.write_json(run_dir / "run.json", {**_read_json(run_dir / "run.json"), "initial": initial})
+            workspace.write_json(run_dir / "run.json", {**workspace.read_json(run_dir / "run.json"), "initial": initial})
         log.info("%s/%s: untrained (initial) model: %s %.4g", mod.NAME, head, monitor, initial)
 
     seeds = EpochSeeds(s["seed"])

@@ -16,10 +16,10 @@ from newsdl import workspace
 from newsdl.errors import UserError
 from newsdl.tasks import metrics as M
 from newsdl.tasks.data import load_corpus, upstream
-from newsdl.tasks.prepare import CONFIG, HISTORY, MODEL, model_inputs, read_saved, split_rows, task_module
+from newsdl.tasks.layout import MODEL, evaluated, write_evaluation
+from newsdl.tasks.prepare import model_inputs, read_saved, split_rows, task_module
 
 log = logging.getLogger("newsdl.tasks")
-METRICS = "metrics.json"
 
 
 def evaluate_task(ws: Path, task: str, *, force: bool = False, beam: int | None = None) -> dict:
@@ -31,8 +31,6 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, beam: int | None 
 
 
 def _evaluate_task(ws: Path, task: str, *, force: bool, beam: int | None) -> dict:
-    import json
-
     from newsdl import defaults as td
 
     if task in td.MULTIMODAL_TASKS:  # caption, illustrate: their own modules
@@ -47,15 +45,11 @@ def _evaluate_task(ws: Path, task: str, *, force: bool, beam: int | None) -> dic
     mod = task_module(task)
     saved = read_saved(ws, task)
     folder = saved.folder
-    model_sha = workspace.sha256_file(folder / MODEL)
     inputs_meta = upstream(ws)
-    manifest = workspace.read_manifest(folder) or {}
-    done = manifest.get("evaluate") or {}
-    if (not force and (folder / METRICS).is_file() and done.get("model_sha256") == model_sha
-            and [i["sha256"] for i in manifest.get("inputs", [])] == [i["sha256"] for i in inputs_meta]):
-        log.info("%s: metrics up to date in %s (use --force to recompute)", task, folder / METRICS)
-        return json.loads((folder / METRICS).read_text(encoding="utf-8"))
-
+    key = {"model_sha256": workspace.sha256_file(folder / MODEL)}
+    stored = evaluated(folder, inputs_meta, key, force)
+    if stored is not None:
+        return stored
     t0 = time.monotonic()
     started = workspace.now()
     corpus = load_corpus(ws)
@@ -95,15 +89,7 @@ def _evaluate_task(ws: Path, task: str, *, force: bool, beam: int | None) -> dic
         "baseline_params": {name: pred["params"] for name, pred in preds.items() if "params" in pred},
     }
     plots = mod.plots(folder, test, preds, fitted)
-    workspace.write_json(folder / METRICS, metrics)
-    outputs = [MODEL, CONFIG, HISTORY, METRICS, *plots] + (["bow.json"] if (folder / "bow.json").is_file() else [])
-    workspace.write_manifest(
-        folder, manifest.get("stage", "train"), inputs=inputs_meta, config=manifest.get("config", {}),
-        counts={**manifest.get("counts", {}), "test": metrics["n_test"]}, outputs=outputs,
-        started=manifest.get("started", started),
-        extra={"task": task, "head": saved.config["head"],
-               "evaluate": {"model_sha256": model_sha, "started": started, "finished": workspace.now(),
-                            "seconds": round(time.monotonic() - t0, 1)}})
+    write_evaluation(folder, metrics, plots, inputs_meta, key, started, time.monotonic() - t0)
     return metrics
 
 

@@ -28,12 +28,11 @@ from newsdl import defaults as td
 from newsdl import workspace
 from newsdl.errors import UserError
 from newsdl.tasks import multimodal as mm
+from newsdl.tasks.layout import CCA, CONFIG, HISTORY, MODEL, RECALL_PLOT, evaluated, write_evaluation
 from newsdl.tasks import retrieval as R
 
 log = logging.getLogger("newsdl.tasks")
 TASK = "illustrate"
-CCA_FILE = "cca.npz"
-PLOT = "recall_at_k.png"
 
 
 def _model_config() -> dict:
@@ -163,7 +162,7 @@ def train(ws: Path, *, force: bool = False, **options) -> dict:
     val_scores = [R.recall_metrics(R.ranks(c.transform_x(text[rows["val"]]), c.transform_y(images.fc7[rows["val"]])))
                   ["recall_at_10"] for c in ccas]
     best_cca = ccas[int(np.argmax(val_scores))]
-    best_cca.save(folder / CCA_FILE)
+    best_cca.save(folder / CCA)
     log.info("illustrate: CCA val recall@10 %s -> reg %g (%.1f s)",
              ", ".join(f"{r:g}: {v:.3f}" for r, v in zip(td.CCA_REGS, val_scores)), best_cca.reg,
              time.monotonic() - t1)
@@ -182,12 +181,12 @@ def train(ws: Path, *, force: bool = False, **options) -> dict:
                   n_train=len(rows["train"]), monitor="val_recall_at_10", mode="max", identity=identity,
                   extra_callbacks=[_ranking_callback(text[rows["val"]], images.fc7[rows["val"]])])
 
-    mm.publish(folder, {mm.MODEL: folder / "run" / "best.keras", mm.HISTORY: folder / "run" / "history.csv"})
+    mm.publish(folder, {MODEL: folder / "run" / "best.keras", HISTORY: folder / "run" / "history.csv"})
     summary = {"task": TASK, "folder": str(folder), "head": "two-tower", "features": [*td.MULTIMODAL_TEXT, "fc7"],
                "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])),
                "val_score": done["val_best"], "best_epoch": done["best_epoch"], "epochs_run": done["epochs_run"],
                "cca_val_recall_at_10": float(max(val_scores)), "seconds": round(time.monotonic() - t0, 1)}
-    workspace.write_json(folder / mm.CONFIG, {**config, "fitted": {"fc7_dim": int(images.fc7.shape[1]),
+    workspace.write_json(folder / CONFIG, {**config, "fitted": {"fc7_dim": int(images.fc7.shape[1]),
                                                                    "text_dim": int(text.shape[1]),
                                                                    "cca_reg": best_cca.reg,
                                                                    "cca_val_recall_at_10": dict(zip(map(str, td.CCA_REGS),
@@ -195,7 +194,7 @@ def train(ws: Path, *, force: bool = False, **options) -> dict:
                                               "summary": summary})
     workspace.write_manifest(folder, "train", inputs=inputs_meta, config=config,
                              counts={"train": summary["n_train"], "val": summary["n_val"]},
-                             outputs=[mm.MODEL, mm.CONFIG, mm.HISTORY, CCA_FILE], started=started,
+                             outputs=[MODEL, CONFIG, HISTORY, CCA], started=started,
                              extra={"task": TASK})
     return summary
 
@@ -209,11 +208,11 @@ def evaluate(ws: Path, *, force: bool = False) -> dict:
     from newsdl.tasks.models import load
 
     ws = Path(ws)
-    folder, config = mm.read_saved(ws, TASK, (CCA_FILE,))
+    folder, config = mm.read_saved(ws, TASK, (CCA,))
     inputs_meta = upstream(ws)
-    key = {"model_sha256": workspace.sha256_file(folder / mm.MODEL),
-           "cca_sha256": workspace.sha256_file(folder / CCA_FILE)}
-    stored = mm.evaluated(folder, inputs_meta, key, force)
+    key = {"model_sha256": workspace.sha256_file(folder / MODEL),
+           "cca_sha256": workspace.sha256_file(folder / CCA)}
+    stored = evaluated(folder, inputs_meta, key, force)
     if stored is not None:
         return stored
     t0, started = time.monotonic(), workspace.now()
@@ -225,11 +224,11 @@ def evaluate(ws: Path, *, force: bool = False) -> dict:
                         f"(field 'split'), nothing to rank for illustrate")
     text, fc7 = _text(images.text)[test], images.fc7[test]
     if fc7.shape[1] != config["fitted"]["fc7_dim"] or text.shape[1] != config["fitted"]["text_dim"]:
-        raise UserError(f"{folder / mm.CONFIG}: the model reads {config['fitted']['fc7_dim']}-d FC7 and "
+        raise UserError(f"{folder / CONFIG}: the model reads {config['fitted']['fc7_dim']}-d FC7 and "
                         f"{config['fitted']['text_dim']}-d text, the workspace has {fc7.shape[1]} and "
                         f"{text.shape[1]}; retrain with `newsdl train illustrate --force`")
-    t_emb, i_emb = embed(load(folder / mm.MODEL), text, fc7)
-    cca = R.CCA.load(folder / CCA_FILE)
+    t_emb, i_emb = embed(load(folder / MODEL), text, fc7)
+    cca = R.CCA.load(folder / CCA)
     embeddings = {"model": (t_emb, i_emb), "cca": (cca.transform_x(text), cca.transform_y(fc7))}
     rng = np.random.default_rng(config["seed"])
     ranks = {name: (R.ranks(R.unit(t), R.unit(i)), R.ranks(R.unit(i), R.unit(t))) for name, (t, i) in embeddings.items()}
@@ -250,17 +249,16 @@ def evaluate(ws: Path, *, force: bool = False) -> dict:
                   "pairs": "test articles x their lead images"},
         "baseline_params": {"cca": {"reg": cca.reg, "dims": int(len(cca.corr)), "power": td.CCA_POWER}},
     }
-    plot = recall_plot(folder / PLOT, ranks, len(test))
-    mm.write_evaluation(folder, metrics, [mm.MODEL, mm.CONFIG, mm.HISTORY, CCA_FILE, plot], inputs_meta, key,
-                        started, t0)
+    plot = recall_plot(folder / RECALL_PLOT, ranks, len(test))
+    write_evaluation(folder, metrics, [plot], inputs_meta, key, started, time.monotonic() - t0)
     return metrics
 
 
 def recall_plot(path: Path, ranks: dict, n: int) -> str:
     """Recall@K against K (log scale) for every system, text-to-image and image-to-text."""
-    from newsdl.tasks.plots import _plt, _save
+    from newsdl.tasks.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     ks = np.unique(np.geomspace(1, max(n, 2), 60).astype(int))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), sharey=True)
     for ax, d, title in ((axes[0], 0, "text to image"), (axes[1], 1, "image to text")):
@@ -275,7 +273,7 @@ def recall_plot(path: Path, ranks: dict, n: int) -> str:
     axes[0].set_ylabel("recall@K")
     axes[0].set_ylim(0, 1)
     axes[0].legend(loc="upper left")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------ predict
@@ -285,7 +283,7 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
     """For each article of INPUT, the ``top`` best images among all of INPUT's usable images (and
     for each image the best articles), by the trained model."""
     from newsdl.tasks.models import load
-    from newsdl.tasks.predict import _write, default_out, predict_summary
+    from newsdl.tasks.predict import write_predictions, default_out, predict_summary
 
     ws, input_path = Path(ws), Path(input_path).expanduser()
     folder, config = mm.read_saved(ws, TASK)
@@ -295,7 +293,7 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
     new, rejects, rejected_file = mm.featurize_new(ws, input_path, images_root, out, int(config["fitted"]["fc7_dim"]))
     if len(new.path) == 0:
         raise UserError(f"{input_path}: no usable image among the articles (field 'images'), nothing to rank")
-    model = load(folder / mm.MODEL)
+    model = load(folder / MODEL)
     t_emb, _ = embed(model, _text(new.article_text), None)
     _, i_emb = embed(model, None, new.fc7)
     sim = R.unit(t_emb) @ R.unit(i_emb).T
@@ -309,5 +307,5 @@ def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root:
         best = np.argsort(-col, kind="stable")[:top]
         records.append({"id": str(new.article_id[j]), "kind": "image", "image": new.path[j],
                         "articles": [{"id": new.articles[a], "score": round(float(col[a]), 4)} for a in best]})
-    _write(out, records)
+    write_predictions(out, records)
     return predict_summary(out, len(new.articles), rejects, rejected_file)

@@ -21,13 +21,9 @@ import numpy as np
 from newsdl import defaults as td
 from newsdl import workspace
 from newsdl.errors import UserError
+from newsdl.tasks.layout import CONFIG, MODEL, reset_for_training
 
 log = logging.getLogger("newsdl.tasks")
-
-CONFIG = "config.json"
-MODEL = "model.keras"
-HISTORY = "history.csv"
-METRICS = "metrics.json"
 
 
 @dataclass
@@ -55,7 +51,7 @@ def load_images(ws: Path) -> Images:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from newsdl.tasks.data import _matrix, _position, load_corpus
+    from newsdl.tasks.data import column_matrix, positions_of, load_corpus
 
     corpus = load_corpus(ws)
     if "fc7" not in corpus.available:
@@ -77,11 +73,11 @@ def load_images(ws: Path) -> Images:
         table = table.filter(pc.is_valid(table.column("fc7")))
         if table.num_rows:
             ids.append(table.column("image_id").to_numpy(zero_copy_only=False).astype(str))
-            vecs.append(_matrix(table.column("fc7")))
+            vecs.append(column_matrix(table.column("fc7")))
     if not ids:
         raise UserError(f"{ws / 'features' / 'images'}: no featurized image")
     image_id, fc7 = np.concatenate(ids), np.vstack(vecs).astype(np.float32)
-    at = _position(meta_ids, image_id)
+    at = positions_of(meta_ids, image_id)
     if (at < 0).any():
         bad = image_id[np.flatnonzero(at < 0)[0]]
         raise UserError(f"{ws / 'features' / 'images'}: image_id {bad!r} is not in {path}; "
@@ -89,7 +85,7 @@ def load_images(ws: Path) -> Images:
     order = np.argsort(at, kind="stable")  # ingest order: an article's images in their order
     image_id, fc7, at = image_id[order], fc7[order], at[order]
     article_id = meta.column("article_id").to_numpy(zero_copy_only=False).astype(str)[at]
-    rows = _position(corpus.ids, article_id)
+    rows = positions_of(corpus.ids, article_id)
     keep = rows >= 0
     image_id, fc7, at, article_id, rows = image_id[keep], fc7[keep], at[keep], article_id[keep], rows[keep]
     lead = np.ones(len(rows), bool)
@@ -169,9 +165,7 @@ def up_to_date(folder: Path, inputs: list[dict], config: dict, force: bool) -> d
 
 
 def start_training(folder: Path, force: bool) -> tuple[str, float]:
-    folder.mkdir(parents=True, exist_ok=True)
-    workspace.clean_temporaries(folder)
-    workspace.invalidate(folder)
+    reset_for_training(folder)
     if force:
         shutil.rmtree(folder / "run", ignore_errors=True)
     return workspace.now(), time.monotonic()
@@ -185,7 +179,7 @@ def fit(model, make_train_ds, val_ds, *, folder: Path, name: str, s: dict, steps
     Returns {best_epoch, epochs_run, val_best}; best.keras is in folder/run/."""
     import keras
 
-    from newsdl.tasks.train import _resume_epoch
+    from newsdl.tasks.train import read_history, resume_epoch
 
     run_dir = folder / "run"
     previous = workspace.read_json(run_dir / "run.json")
@@ -199,7 +193,7 @@ def fit(model, make_train_ds, val_ds, *, folder: Path, name: str, s: dict, steps
         log.info("%s: already trained in %s", name, run_dir)
         return done
     tmp_best = run_dir / (workspace.TMP_PREFIX + "best.keras")
-    start = _resume_epoch(run_dir / "backup")
+    start = resume_epoch(run_dir / "backup")
     if start:
         log.info("%s: resuming after epoch %d", name, start)
     train_ds = make_train_ds(start)
@@ -219,7 +213,7 @@ def fit(model, make_train_ds, val_ds, *, folder: Path, name: str, s: dict, steps
               verbose=0, shuffle=False)
     if not (run_dir / "best.keras").is_file():
         raise RuntimeError(f"{run_dir}: training ended without a checkpoint (no finite {monitor}?)")
-    rows = _history(run_dir / "history.csv")
+    rows = read_history(run_dir / "history.csv", None)
     values = [(r.get(monitor, np.nan), int(r["epoch"]) + 1) for r in rows]
     values = [(v, e) for v, e in values if np.isfinite(v)]
     best = (min if mode == "min" else max)(values) if values else (float("nan"), 0)
@@ -234,15 +228,6 @@ def publish(folder: Path, files: dict[str, Path]) -> None:
     for final, src in files.items():
         with workspace.atomic_path(folder / final) as tmp:
             shutil.copyfile(src, tmp)
-
-
-def _history(path: Path) -> list[dict]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(fh)]
 
 
 def _callback_base():
@@ -296,12 +281,12 @@ class NewImages:
 def featurize_new(ws: Path, input_path: Path, images_root, out: Path, saved_fc7_dim: int):
     """Read INPUT as ingest does, featurize text and images; returns (NewImages, rejects, rejected_file)."""
     from newsdl.features import load_image_featurizer, load_text_featurizer
-    from newsdl.tasks.predict import _describe, read_articles, write_rejects
+    from newsdl.tasks.predict import describe_reject, read_articles, write_rejects
 
     table, rejects, root = read_articles(input_path, images_root)
     records_rejected = [r for r in rejects if "image" not in r]
     if table.num_rows == 0:
-        first = f"; the first: {_describe(records_rejected[0])}" if records_rejected else ""
+        first = f"; the first: {describe_reject(records_rejected[0])}" if records_rejected else ""
         raise UserError(f"{input_path}: no valid article ({len(records_rejected)} rejected){first}")
     ids = [str(i) for i in table.column("id").to_pylist()]
     feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()), list(table.column("title").to_pylist()))
@@ -345,27 +330,3 @@ def read_saved(ws: Path, task: str, extra: tuple[str, ...] = ()) -> tuple[Path, 
 
     check_model(ws, folder, task)
     return folder, json.loads((folder / CONFIG).read_text(encoding="utf-8"))
-
-
-def evaluated(folder: Path, inputs: list[dict], key: dict, force: bool) -> dict | None:
-    """The stored metrics when they were computed for this very model, inputs and options."""
-    manifest = workspace.read_manifest(folder) or {}
-    done = manifest.get("evaluate") or {}
-    if (not force and (folder / METRICS).is_file() and done.get("key") == key
-            and [i["sha256"] for i in manifest.get("inputs", [])] == [i["sha256"] for i in inputs]):
-        log.info("metrics up to date in %s (use --force to recompute)", folder / METRICS)
-        return json.loads((folder / METRICS).read_text(encoding="utf-8"))
-    return None
-
-
-def write_evaluation(folder: Path, metrics: dict, outputs: list[str], inputs: list[dict], key: dict,
-                     started: str, t0: float) -> None:
-    manifest = workspace.read_manifest(folder) or {}
-    workspace.write_json(folder / METRICS, metrics)
-    workspace.write_manifest(
-        folder, manifest.get("stage", "train"), inputs=inputs, config=manifest.get("config", {}),
-        counts={**manifest.get("counts", {}), "test": metrics["n_test"]}, outputs=[*outputs, METRICS],
-        started=manifest.get("started", started),
-        extra={"task": metrics["task"],
-               "evaluate": {"key": key, "started": started, "finished": workspace.now(),
-                            "seconds": round(time.monotonic() - t0, 1)}})

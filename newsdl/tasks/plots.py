@@ -11,7 +11,7 @@ from newsdl.tasks import metrics as M
 from newsdl.workspace import atomic_path
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -20,16 +20,16 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path.name
 
 
 def error_cdf(path: Path, corpus, preds: dict) -> str:
     """Share of test articles within d km, for the model and every baseline, d on a log axis."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pred in preds.items():
         d = np.sort(M.gcd_km(corpus.lat, corpus.lon, pred["lat"], pred["lon"]))
@@ -45,12 +45,12 @@ def error_cdf(path: Path, corpus, preds: dict) -> str:
     ax.set_title("geoloc: error CDF on the test split")
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def world_scatter(path: Path, corpus, pred: dict, seed: int = 0) -> str:
     """True (o) and predicted (x) points, joined by their error, on a lon/lat plate carree."""
-    plt = _plt()
+    plt = pyplot()
     n = len(corpus.lat)
     rows = np.random.default_rng(seed).permutation(n)[:td.PLOT_POINTS]
     fig, ax = plt.subplots(figsize=(10, 5.2))
@@ -70,13 +70,13 @@ def world_scatter(path: Path, corpus, pred: dict, seed: int = 0) -> str:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     ax.set_title(f"geoloc: true and predicted locations ({len(rows)} test articles)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion(path: Path, y_true, y_pred, classes) -> str:
     from sklearn.metrics import confusion_matrix
 
-    plt = _plt()
+    plt = pyplot()
     labels = list(classes) + sorted(set(map(str, y_true)) - set(classes))
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -95,11 +95,11 @@ def confusion(path: Path, y_true, y_pred, classes) -> str:
     ax.set_ylabel("true outlet")
     ax.set_title("source: confusion matrix on the test split (colour: share of the row)")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def predicted_vs_true(path: Path, true_log, pred_log) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.scatter(true_log, pred_log, s=8, alpha=0.5)
     hi = float(max(np.max(true_log, initial=1), np.max(pred_log, initial=1))) * 1.05
@@ -111,4 +111,4 @@ def predicted_vs_true(path: Path, true_log, pred_log) -> str:
     ax.set_title(f"popularity: Spearman {M.spearman(true_log, pred_log):.3f} on the test split")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -20,7 +20,8 @@ from newsdl import workspace
 from newsdl.errors import UserError
 from newsdl import defaults as td
 from newsdl.tasks.data import PAD_ID, corpus_from_articles
-from newsdl.tasks.prepare import MODEL, model_inputs, read_saved, task_module
+from newsdl.tasks.layout import MODEL
+from newsdl.tasks.prepare import model_inputs, read_saved, task_module
 
 log = logging.getLogger("newsdl.tasks")
 
@@ -54,7 +55,7 @@ def read_articles(input_path: Path, images_root: Path | None):
     return table, rejects, root
 
 
-def _describe(rej: dict) -> str:
+def describe_reject(rej: dict) -> str:
     kind = "line" if "line" in rej else "row"
     field = f": field '{rej['field']}'" if rej.get("field") else ""
     return f"{rej.get('file')}:{kind} {rej.get(kind)}{field}: {rej.get('reason')}"
@@ -128,7 +129,7 @@ def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = No
     rejected_file = out.with_name(out.name + ".rejected.jsonl") if rejects else None
     records_rejected = [r for r in rejects if "image" not in r]
     if table.num_rows == 0:
-        first = f"; the first: {_describe(records_rejected[0])}" if records_rejected else ""
+        first = f"; the first: {describe_reject(records_rejected[0])}" if records_rejected else ""
         raise UserError(f"{input_path}: no valid article ({len(records_rejected)} rejected){first}")
 
     from newsdl.tasks.data import dataset
@@ -138,7 +139,7 @@ def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = No
     model = load(saved.folder / MODEL)
     pred = mod.predict(model, dataset(x, {}, np.arange(len(corpus)), saved.config["batch_size"]), saved.fitted)
     records = mod.records(list(corpus.ids), pred, saved.fitted)
-    _write(out, records)
+    write_predictions(out, records)
     write_rejects(rejected_file, rejects)
     return predict_summary(out, len(records), rejects, rejected_file)
 
@@ -151,7 +152,7 @@ def write_rejects(rejected_file: Path | None, rejects: list[dict]) -> None:
     workspace.write_text(rejected_file, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                 for r in rejects))
     log.warning("%d records and %d images of the input were rejected (the first: %s); reasons in %s",
-                n_records, len(rejects) - n_records, _describe(rejects[0]), rejected_file)
+                n_records, len(rejects) - n_records, describe_reject(rejects[0]), rejected_file)
 
 
 def predict_summary(out: Path, n: int, rejects: list[dict], rejected_file: Path | None) -> dict:
@@ -161,7 +162,7 @@ def predict_summary(out: Path, n: int, rejects: list[dict], rejected_file: Path 
             "rejected_file": str(rejected_file) if rejected_file else None}
 
 
-def _write(out: Path, records: list[dict]) -> None:
+def write_predictions(out: Path, records: list[dict]) -> None:
     if out.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -16,13 +16,9 @@ from newsdl.errors import UserError
 from newsdl import defaults as td
 from newsdl.tasks.data import (OOV_ID, Corpus, bow_arrays, check_model, embedding_matrix, fit_bow, load_bow,
                                save_bow, words)
+from newsdl.tasks.layout import BOW, CONFIG, MODEL
 
 log = logging.getLogger("newsdl.tasks")
-
-CONFIG = "config.json"
-BOW = "bow.json"
-MODEL = "model.keras"
-HISTORY = "history.csv"
 
 
 def task_module(task: str):

@@ -43,12 +43,12 @@ from newsdl import defaults, workspace  # noqa: E402
 from newsdl.errors import UserError  # noqa: E402
 from newsdl import defaults as td  # noqa: E402
 from newsdl.tasks.data import dataset, load_corpus, upstream  # noqa: E402
+from newsdl.tasks.layout import CONFIG, HISTORY, MODEL, TRAIN_STAGE, reset_for_training  # noqa: E402
 from newsdl.tasks.preempt import StopOnSignal  # noqa: E402
-from newsdl.tasks.prepare import (CONFIG, HISTORY, MODEL, fit_inputs, model_inputs,  # noqa: E402
-                                  resolve_features, save_fitted, split_rows, task_module)
+from newsdl.tasks.prepare import (fit_inputs, model_inputs, resolve_features, save_fitted, split_rows,  # noqa: E402
+                                  task_module)
 
 log = logging.getLogger("newsdl.tasks")
-STAGE = "train"
 
 
 def settings(task: str, *, head: str | None = None, epochs: int | None = None, batch_size: int | None = None,
@@ -82,21 +82,13 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def train_task(ws: Path, task: str, *, features=None, force: bool = False, distributed: str | None = None,
-               **options) -> dict:
-    """Train TASK's model in workspace ``ws``; return a summary (folder, head, val score, ...).
+def train_task(ws: Path, task: str, *, features=None, force: bool = False, **options) -> dict:
+    """Train TASK's model in workspace ``ws`` in this process; return a summary (folder, head, val
+    score, ...). (On the workers of a multi-worker job: newsdl.tasks.distributed.train_distributed.)
 
     ``features``: a comma list or list of families (None: all available). ``options``: head,
     epochs, batch_size, lr, seed, patience (None: the defaults). Up to date: returns at once.
-    ``distributed``: "slurm" or "tf_config" trains on the workers of a multi-worker job
-    (newsdl.tasks.distributed); None or "none": this process alone.
     """
-    if distributed not in (None, "none"):
-        if task in td.MULTIMODAL_TASKS:
-            raise UserError(f"--distributed {distributed}: {task} trains in one process only")
-        from newsdl.tasks.distributed import train_distributed
-
-        return train_distributed(ws, task, mode=distributed, features=features, force=force, **options)
     with workspace.stage_lock(Path(ws) / "models" / task, f"train {task}"):
         return _train_task(Path(ws), task, features=features, force=force, **options)
 
@@ -119,9 +111,7 @@ def _train_task(ws: Path, task: str, *, features, force: bool, **options) -> dic
         return {**summary.get("summary", {}), "skipped": True}
 
     started, t0 = workspace.now(), time.monotonic()
-    folder.mkdir(parents=True, exist_ok=True)
-    workspace.clean_temporaries(folder)
-    workspace.invalidate(folder)
+    reset_for_training(folder)
     if force:
         shutil.rmtree(folder / "runs", ignore_errors=True)
 
@@ -148,7 +138,7 @@ def _train_task(ws: Path, task: str, *, features, force: bool, **options) -> dic
                     "fitted": {**fitted, **record}, "heads": runs, "summary": summary}
     workspace.write_json(folder / CONFIG, saved_config)
     outputs = [MODEL, CONFIG, HISTORY] + (["bow.json"] if "bow" in objects else [])
-    workspace.write_manifest(folder, STAGE, inputs=inputs_meta, config=config,
+    workspace.write_manifest(folder, TRAIN_STAGE, inputs=inputs_meta, config=config,
                              counts={"train": summary["n_train"], "val": summary["n_val"]},
                              outputs=outputs, started=started, extra={"task": task, "head": best})
     return summary
@@ -184,7 +174,7 @@ def _run(folder: Path, mod, head: str, corpus, x, rows, features, fitted, s: dic
     """Train one head to completion (or resume it); return its val score and epochs."""
     run_dir = folder / "runs" / head
     run_id = {**identity, "head": head}
-    previous = {k: v for k, v in (_read_json(run_dir / "run.json") or {}).items() if k not in ("monitor", "initial")}
+    previous = {k: v for k, v in (workspace.read_json(run_dir / "run.json") or {}).items() if k not in ("monitor", "initial")}
     if previous != run_id:
         shutil.rmtree(run_dir, ignore_errors=True)  # another config's run: nothing to resume
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,10 +182,10 @@ def _run(folder: Path, mod, head: str, corpus, x, rows, features, fitted, s: dic
     if previous != run_id:
         workspace.write_json(run_dir / "run.json", run_id)
 
-    done = _read_json(run_dir / "done.json")
+    done = workspace.read_json(run_dir / "done.json")
     if done is None:
         _fit(run_dir, folder / "logs" / head, mod, head, corpus, x, rows, features, fitted, s)
-        done = _finish(run_dir, mod, head, corpus, x, rows, fitted, s)
+        done = finish_run(run_dir, mod, head, corpus, x, rows, fitted, s)
     else:
         log.info("%s/%s: already trained in %s", mod.NAME, head, run_dir)
     return done
@@ -213,12 +203,12 @@ def _fit(run_dir, log_dir, mod, head, corpus, x, rows, features, fitted, s) -> N
     # run continues the same schedule.
     lr = keras.optimizers.schedules.ExponentialDecay(s["lr"], decay_steps=steps * td.LR_HALF_LIFE, decay_rate=0.5)
     monitor = mod.compile_model(model, lr, fitted, head)
-    workspace.write_json(run_dir / "run.json", {**_read_json(run_dir / "run.json"), "monitor": monitor})
+    workspace.write_json(run_dir / "run.json", {**workspace.read_json(run_dir / "run.json"), "monitor": monitor})
 
     history_path = run_dir / "history.csv"
-    start = _resume_epoch(run_dir / "backup")
-    history = _history(history_path, start)
-    initial = (_read_json(run_dir / "run.json") or {}).get("initial") if start else None
+    start = resume_epoch(run_dir / "backup")
+    history = read_history(history_path, start)
+    initial = (workspace.read_json(run_dir / "run.json") or {}).get("initial") if start else None
     best = min([r[monitor] for r in history if monitor in r] + ([initial] if initial is not None else []),
                default=None)
     if start:
@@ -242,7 +232,7 @@ def _fit(run_dir, log_dir, mod, head, corpus, x, rows, features, fitted, s) -> N
         initial = float(model.evaluate(val_ds, return_dict=True, verbose=0)[monitor[len("val_"):]])
         model.save(tmp_best)
         os.replace(tmp_best, run_dir / "best.keras")
-        workspace.write_json(run_dir / "run.json", {**_read_json(run_dir / "run.json"), "initial": initial})
+        workspace.write_json(run_dir / "run.json", {**workspace.read_json(run_dir / "run.json"), "initial": initial})
         best = initial
         stopper = ResumableEarlyStopping(history, initial, monitor=monitor, patience=s["patience"],
                                          min_delta=td.MIN_DELTA[mod.NAME])
@@ -295,7 +285,7 @@ def _tensorboard(log_dir: Path) -> list:
     return [keras.callbacks.TensorBoard(str(log_dir), write_graph=False, profile_batch=0)]
 
 
-def _finish(run_dir, mod, head, corpus, x, rows, fitted, s) -> dict:
+def finish_run(run_dir, mod, head, corpus, x, rows, fitted, s) -> dict:
     from newsdl.tasks.models import load
 
     if not (run_dir / "best.keras").is_file():
@@ -303,8 +293,8 @@ def _finish(run_dir, mod, head, corpus, x, rows, fitted, s) -> dict:
     model = load(run_dir / "best.keras")
     val = corpus.take(rows["val"])
     pred = mod.predict(model, dataset(x, {}, rows["val"], s["batch_size"]), fitted)
-    history = _history(run_dir / "history.csv", None)
-    run = _read_json(run_dir / "run.json")
+    history = read_history(run_dir / "history.csv", None)
+    run = workspace.read_json(run_dir / "run.json")
     key = run.get("monitor", "val_loss")
     # Replayed as ModelCheckpoint decided: 0 when the untrained model was never beaten by MIN_DELTA.
     bar, best_epoch = run.get("initial", np.inf) - td.MIN_DELTA[mod.NAME], 0
@@ -317,19 +307,16 @@ def _finish(run_dir, mod, head, corpus, x, rows, fitted, s) -> dict:
     return done
 
 
-_read_json = workspace.read_json
-
-
-def _resume_epoch(backup: Path) -> int:
+def resume_epoch(backup: Path) -> int:
     """The epoch BackupAndRestore will resume at (0: a fresh start)."""
     for name in ("training_metadata.json", "training_metadata.json.bkp"):
-        meta = _read_json(backup / name)
+        meta = workspace.read_json(backup / name)
         if meta and (backup / "latest.weights.h5").is_file():
             return int(meta.get("epoch", 0))
     return 0
 
 
-def _history(path: Path, keep_before: int | None) -> list[dict]:
+def read_history(path: Path, keep_before: int | None) -> list[dict]:
     """history.csv rows as floats; with ``keep_before``, rows of later epochs (written before a
     kill, but not backed up) are dropped from the file too."""
     if not path.is_file():
