@@ -184,3 +184,58 @@ def test_caption_cli_user_errors(caption_workspace):
         r = run_newsdl(*args, "-w", ws)
         assert r.returncode == 2, r.stderr
         assert expected in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resumable_early_stopping_replays_the_count_in_both_directions():
+    from newsdl.tasks.train import ResumableEarlyStopping
+
+    rows = [{"epoch": 0, "v": 0.50}, {"epoch": 1, "v": 0.60}, {"epoch": 2, "v": 0.6005}, {"epoch": 3, "v": 0.55}]
+    up = ResumableEarlyStopping(rows, mode="max", monitor="v", patience=2, min_delta=1e-3)
+    assert up._replay() == (0.60, 2, 1) and up.already_stopped(2) and not up.already_stopped(3)
+    down = ResumableEarlyStopping([{**r, "v": -r["v"]} for r in rows], mode="min", monitor="v", patience=2,
+                                  min_delta=1e-3)
+    assert down._replay() == (-0.60, 2, 1)
+
+
+@pytest.mark.slow
+def test_a_resumed_caption_run_keeps_its_early_stopping_count(featurized_workspace, tmp_path):  # noqa: F811
+    """Kill caption training once two epochs are backed up, make its history say that patience ran
+    out, and rerun: the resumed run stops at once instead of counting patience from zero."""
+    import signal
+    import time
+
+    from test_tasks_support import popen_newsdl
+
+    from newsdl.tasks.train import resume_epoch
+
+    ws = copy_workspace(featurized_workspace, tmp_path / "ws")
+    args = ["--epochs", "8", "--patience", "1", "--batch-size", "16", "--seed", "3"]
+    run_dir = ws / "models" / "caption" / "run"
+    proc = popen_newsdl("train", "caption", "-w", ws, *args)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if resume_epoch(run_dir / "backup") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed: {proc.stdout.read()}"
+    start = resume_epoch(run_dir / "backup")
+    history = run_dir / "history.csv"
+    lines = history.read_text().splitlines()
+    header = lines[0].split(",")
+    col = header.index("val_loss")
+    # Epoch 0 the best, epoch 1 worse: with patience 1, early stopping had ended the run.
+    fixed = [lines[0]]
+    for line in lines[1:start + 1]:
+        cells = line.split(",")
+        cells[col] = "1.0" if int(cells[0]) == 0 else "2.0"
+        fixed.append(",".join(cells))
+    history.write_text("\n".join(fixed) + "\n")
+
+    resumed = run_newsdl("train", "caption", "-w", ws, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "early stopping had already ended this run" in resumed.stderr
+    assert f"epoch {start + 1}/8" not in resumed.stderr
+    summary = json.loads((ws / "models" / "caption" / "config.json").read_text())["summary"]
+    assert summary["epochs_run"] == start and summary["best_epoch"] == 1

@@ -81,8 +81,10 @@ def test_models_load_in_safe_mode_and_reruns_are_no_ops(trained_workspace):  # n
     before = (folder / "model.keras").stat().st_mtime_ns
     assert train_task(trained_workspace, "source", **FAST_TRAIN)["skipped"] is True
     assert (folder / "model.keras").stat().st_mtime_ns == before
+    metrics_written = (folder / "metrics.json").stat().st_mtime_ns
     again = evaluate_task(trained_workspace, "source")
     assert again == json.loads((folder / "metrics.json").read_text())
+    assert (folder / "metrics.json").stat().st_mtime_ns == metrics_written  # up to date: not recomputed
 
 
 def test_same_seed_same_model_other_seed_other_model(featurized_workspace, tmp_path):  # noqa: F811

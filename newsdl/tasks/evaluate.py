@@ -46,8 +46,8 @@ def _evaluate_task(ws: Path, task: str, *, force: bool, beam: int | None) -> dic
     saved = read_saved(ws, task)
     folder = saved.folder
     inputs_meta = upstream(ws)
-    key = {"model_sha256": workspace.sha256_file(folder / MODEL)}
-    stored = evaluated(folder, inputs_meta, key, force)
+    model_key = {"model_sha256": workspace.sha256_file(folder / MODEL)}
+    stored = evaluated(folder, inputs_meta, model_key, force)
     if stored is not None:
         return stored
     t0 = time.monotonic()
@@ -89,7 +89,7 @@ def _evaluate_task(ws: Path, task: str, *, force: bool, beam: int | None) -> dic
         "baseline_params": {name: pred["params"] for name, pred in preds.items() if "params" in pred},
     }
     plots = mod.plots(folder, test, preds, fitted)
-    write_evaluation(folder, metrics, plots, inputs_meta, key, started, time.monotonic() - t0)
+    write_evaluation(folder, metrics, plots, inputs_meta, model_key, started, time.monotonic() - t0)
     return metrics
 
 

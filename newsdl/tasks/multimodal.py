@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -179,7 +178,7 @@ def fit(model, make_train_ds, val_ds, *, folder: Path, name: str, s: dict, steps
     Returns {best_epoch, epochs_run, val_best}; best.keras is in folder/run/."""
     import keras
 
-    from newsdl.tasks.train import read_history, resume_epoch
+    from newsdl.tasks.train import EpochLog, Publish, ResumableEarlyStopping, read_history, resume_epoch
 
     run_dir = folder / "run"
     previous = workspace.read_json(run_dir / "run.json")
@@ -193,27 +192,35 @@ def fit(model, make_train_ds, val_ds, *, folder: Path, name: str, s: dict, steps
         log.info("%s: already trained in %s", name, run_dir)
         return done
     tmp_best = run_dir / (workspace.TMP_PREFIX + "best.keras")
+    history_path = run_dir / "history.csv"
     start = resume_epoch(run_dir / "backup")
+    # A resumed run continues early stopping's count and the best checkpoint's value from the rows
+    # of the epochs it kept (rows written after the last backup are dropped with those epochs).
+    rows = read_history(history_path, start)
+    min_delta = td.MULTIMODAL_MIN_DELTA.get(monitor, 0.0)
+    stopper = ResumableEarlyStopping(rows, mode=mode, monitor=monitor, patience=s["patience"], min_delta=min_delta)
+    seen = [r[monitor] for r in rows if np.isfinite(r.get(monitor, np.nan))]
+    best_so_far = (min if mode == "min" else max)(seen) if seen else None
     if start:
-        log.info("%s: resuming after epoch %d", name, start)
-    train_ds = make_train_ds(start)
-    history = keras.callbacks.History()
-    callbacks = [
-        *extra_callbacks,  # first: they add the val metric that the others read
-        _EpochLog(name, s["epochs"], n_train, monitor),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.ModelCheckpoint(str(tmp_best), monitor=monitor, mode=mode, save_best_only=True),
-        _Publish(tmp_best, run_dir / "best.keras"),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=s["patience"],
-                                      min_delta=td.MULTIMODAL_MIN_DELTA.get(monitor, 0.0)),
-        history,
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
-    ]
-    model.fit(train_ds, validation_data=val_ds, epochs=s["epochs"], steps_per_epoch=steps, callbacks=callbacks,
-              verbose=0, shuffle=False)
+        log.info("%s: resuming after epoch %d (best %s %s)", name, start, monitor, best_so_far)
+    if not (stopper.already_stopped(s["patience"]) or start >= s["epochs"]):
+        callbacks = [
+            *extra_callbacks,  # first: they add the val metric that the others read
+            EpochLog(name, s["epochs"], n_train, monitor, unit="images"),
+            keras.callbacks.CSVLogger(str(history_path), append=True),
+            keras.callbacks.ModelCheckpoint(str(tmp_best), monitor=monitor, mode=mode, save_best_only=True,
+                                            initial_value_threshold=best_so_far),
+            Publish(tmp_best, run_dir / "best.keras"),
+            stopper,
+            keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        ]
+        model.fit(make_train_ds(start), validation_data=val_ds, epochs=s["epochs"], steps_per_epoch=steps,
+                  callbacks=callbacks, verbose=0, shuffle=False)
+    else:
+        log.info("%s: early stopping had already ended this run", name)
     if not (run_dir / "best.keras").is_file():
         raise RuntimeError(f"{run_dir}: training ended without a checkpoint (no finite {monitor}?)")
-    rows = read_history(run_dir / "history.csv", None)
+    rows = read_history(history_path, None)
     values = [(r.get(monitor, np.nan), int(r["epoch"]) + 1) for r in rows]
     values = [(v, e) for v, e in values if np.isfinite(v)]
     best = (min if mode == "min" else max)(values) if values else (float("nan"), 0)
@@ -228,40 +235,6 @@ def publish(folder: Path, files: dict[str, Path]) -> None:
     for final, src in files.items():
         with workspace.atomic_path(folder / final) as tmp:
             shutil.copyfile(src, tmp)
-
-
-def _callback_base():
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class _Publish(_callback_base()):
-    """Rename the checkpoint's temporary file onto its final name once it is complete."""
-
-    def __init__(self, tmp: Path, final: Path):
-        super().__init__()
-        self.tmp, self.final = Path(tmp), Path(final)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.tmp.is_file():
-            os.replace(self.tmp, self.final)
-
-
-class _EpochLog(_callback_base()):
-    def __init__(self, name: str, epochs: int, n: int, monitor: str):
-        super().__init__()
-        self.name, self.epochs, self.n, self.monitor, self._t = name, epochs, n, monitor, 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        dt = max(time.monotonic() - self._t, 1e-9)
-        log.info("%s epoch %d/%d: loss %.4g, %s %.4g (%.1f s, %.0f images/s)", self.name, epoch + 1, self.epochs,
-                 logs.get("loss", float("nan")), self.monitor, logs.get(self.monitor, float("nan")), dt,
-                 self.n / dt)
 
 
 # ------------------------------------------------------------------ new articles (predict)

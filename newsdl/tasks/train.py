@@ -342,25 +342,27 @@ def read_history(path: Path, keep_before: int | None) -> list[dict]:
 # ------------------------------------------------------------------ callbacks
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping that continues the count of a killed run from its history rows."""
+    """EarlyStopping that continues the count of a killed run from its history rows (``mode``: "min"
+    for a loss, "max" for a score such as recall)."""
 
-    def __init__(self, history: list[dict], initial: float | None = None, **kwargs):
-        super().__init__(mode="min", **kwargs)
+    def __init__(self, history: list[dict], initial: float | None = None, mode: str = "min", **kwargs):
+        super().__init__(mode=mode, **kwargs)
         self._history = history
         self._initial = initial
+        self._sign = 1.0 if mode == "min" else -1.0  # compare sign * value: lower is better
 
     def _replay(self):
-        best = np.inf if self._initial is None else self._initial
+        best = np.inf if self._initial is None else self._sign * self._initial
         wait, best_epoch = 0, -1
         for r in self._history:
             value = r.get(self.monitor)
             if value is None:
                 continue
-            if value < best - abs(self.min_delta):
-                best, wait, best_epoch = value, 0, int(r["epoch"])
+            if self._sign * value < best - abs(self.min_delta):
+                best, wait, best_epoch = self._sign * value, 0, int(r["epoch"])
             else:
                 wait += 1
-        return best, wait, best_epoch
+        return self._sign * best, wait, best_epoch
 
     def already_stopped(self, patience: int) -> bool:
         return bool(self._history) and self._replay()[1] >= patience
@@ -405,9 +407,9 @@ class Publish(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     """One log line per epoch: losses, the monitored val value, time and throughput."""
 
-    def __init__(self, name: str, epochs: int, n_train: int, monitor: str):
+    def __init__(self, name: str, epochs: int, n_train: int, monitor: str, unit: str = "articles"):
         super().__init__()
-        self.name, self.epochs, self.n_train, self.monitor = name, epochs, n_train, monitor
+        self.name, self.epochs, self.n_train, self.monitor, self.unit = name, epochs, n_train, monitor, unit
         self._t = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -416,6 +418,6 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         dt = max(time.monotonic() - self._t, 1e-9)
-        log.info("%s epoch %d/%d: loss %.4g, %s %.4g (%.1f s, %.0f articles/s)", self.name, epoch + 1,
+        log.info("%s epoch %d/%d: loss %.4g, %s %.4g (%.1f s, %.0f %s/s)", self.name, epoch + 1,
                  self.epochs, logs.get("loss", float("nan")), self.monitor,
-                 logs.get(self.monitor, float("nan")), dt, self.n_train / dt)
+                 logs.get(self.monitor, float("nan")), dt, self.n_train / dt, self.unit)
