@@ -136,7 +136,7 @@ def stage_lock(folder: Path, command: str, name: str = "") -> Iterator[None]:
                         f"{owner.get('since', '?')}); wait for it to finish or stop it, then rerun") from None
     try:
         write_json(owner_path, {"command": command, "pid": os.getpid(), "host": socket.gethostname(),
-                                         "since": now()})
+                                "since": now()})
         yield
     finally:
         owner_path.unlink(missing_ok=True)
@@ -192,10 +192,11 @@ def read_json(path: Path):
         return None
 
 
-def read_manifest(folder: Path) -> dict | None:
+def read_manifest(folder: Path, name: str = MANIFEST) -> dict | None:
     """The stage's manifest, or None when the stage is unfinished (a manifest that is missing,
-    unparsable or not a JSON object counts as unfinished: the stage is redone)."""
-    manifest = read_json(folder / MANIFEST)
+    unparsable or not a JSON object counts as unfinished: the stage is redone). ``name``: the
+    record's file, for a stage that shares its folder (evaluate, in models/TASK/)."""
+    manifest = read_json(folder / name)
     return manifest if isinstance(manifest, dict) else None
 
 
@@ -249,6 +250,11 @@ def changed_output(folder: Path, manifest: dict) -> str | None:
     return None
 
 
+def input_hashes(manifest: dict) -> list:
+    """The sha256 of each input a manifest records, in order."""
+    return [i.get("sha256") if isinstance(i, dict) else None for i in manifest.get("inputs") or []]
+
+
 def check_inputs_current(folder: Path, manifest: dict, current: list[dict], upstream_name: str) -> None:
     """Refuse a stage whose recorded inputs are not the current upstream outputs (DVC's rule: a
     stage whose inputs changed after it ran is stale, and stale results are never used)."""
@@ -266,7 +272,7 @@ def invalidate(folder: Path) -> None:
 
 def write_manifest(folder: Path, stage: str, *, inputs: list[dict], config: dict,
                    counts: dict, outputs: list[str], started: str, extra: dict | None = None,
-                   name: str = MANIFEST) -> dict:
+                   record: str = MANIFEST) -> dict:
     manifest = {
         "stage": stage,
         "inputs": inputs,
@@ -280,7 +286,7 @@ def write_manifest(folder: Path, stage: str, *, inputs: list[dict], config: dict
     }
     if extra:
         manifest.update(extra)
-    write_json(folder / name, manifest)
+    write_json(folder / record, manifest)
     return manifest
 
 
@@ -290,15 +296,14 @@ def _output_record(path: Path) -> dict:
     return {"sha256": sha256_file(path), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def is_up_to_date(folder: Path, inputs: list[dict], config: dict) -> bool:
+def is_up_to_date(folder: Path, inputs: list[dict], config: dict, record: str = MANIFEST) -> bool:
     """True when the stage finished before with the same input hashes and the same config,
-    and its outputs are still the files it wrote (same sha256)."""
-    previous = read_manifest(folder)
+    and its outputs are still the files it wrote (same sha256). ``record``: the manifest's name."""
+    previous = read_manifest(folder, record)
     if previous is None or not isinstance(previous.get("outputs", {}), dict):
         return False
     if previous.get("config") != config:
         return False
-    recorded = [i.get("sha256") if isinstance(i, dict) else None for i in previous.get("inputs") or []]
-    if recorded != [i.get("sha256") for i in inputs]:
+    if input_hashes(previous) != [i.get("sha256") for i in inputs]:
         return False
     return changed_output(folder, previous) is None

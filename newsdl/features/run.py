@@ -25,7 +25,6 @@ from newsdl import defaults as fd
 from newsdl.features import shards
 from newsdl.features.backbones import get_backbone, preprocessing, resolve_weights
 from newsdl.features.tokenize import load_stopwords
-from newsdl.ingest.images import changed_images
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,8 @@ STAGE = "features"
 TOKENIZER = "newsdl-tokenize-1"
 _ARTICLE_COLUMNS = ("id", "title", "text", "split")
 _IMAGE_COLUMNS = ("image_id", "article_id", "path")
+# Reasons of images that ingest found usable and that are gone or changed now.
+_GONE = ("image_changed", "image_missing")
 
 
 @dataclass
@@ -74,14 +75,6 @@ def read_ingest(ws: Path) -> Ingest:
         if missing:
             raise UserError(f"{path}: field '{missing[0]}' is missing; is this the output of `newsdl ingest`?")
     root = (manifest.get("config") or {}).get("images_root")
-    if root:
-        changed = changed_images(Path(root), pq.read_table(folder / "images.parquet"))
-        if changed:
-            # As with any bad image, one changed file costs only itself (rejected as image_changed),
-            # never the whole run; the warning says how to take it back in.
-            log.warning("%d image files changed or were deleted since ingest checked them (the first: %s); they "
-                        "are skipped as image_changed: rerun `newsdl ingest` to check them again",
-                        len(changed), Path(root) / changed[0])
     return Ingest(folder, Path(root) if root else None)
 
 
@@ -331,7 +324,7 @@ def _compute_chunks(rows: pa.Table, todo: list[int], chunk_size: int, store, roo
     start = time.monotonic()
     stream = img.featurize_paths(ext, root, [paths[p] for span in spans for p in span], batch, desc=desc,
                                  recorded=[recorded[p] for span in spans for p in span] if recorded else None)
-    n_images = 0
+    n_images, gone = 0, []
     for k, span in zip(todo, spans):
         features = np.zeros((len(span), ext.dim), np.float32)
         reasons = []
@@ -341,8 +334,14 @@ def _compute_chunks(rows: pa.Table, todo: list[int], chunk_size: int, store, roo
             reasons.append(reason)
         store.write(k, shards.chunk_table([ids[p] for p in span], [article_ids[p] for p in span],
                                           [paths[p] for p in span], features, reasons, cfg["backbone"]))
+        gone += [paths[p] for p, reason in zip(span, reasons) if reason and reason.startswith(_GONE)]
         n_images += len(span)
     stream.close()  # ends its progress bar now, which logs the images/s
+    if gone:
+        # As with any bad image, a file changed since ingest costs only itself, never the run; the
+        # warning says how to take it back in.
+        log.warning("%d image files changed or were deleted since ingest checked them (the first: %s); they are "
+                    "skipped: rerun `newsdl ingest` to check them again", len(gone), root / gone[0])
     seconds = time.monotonic() - start
     rate = n_images / max(seconds, 1e-9)
     log.info("%s: %d images in %.1f s, %.1f images/s (%s, batch %d)", desc, n_images, seconds, rate,

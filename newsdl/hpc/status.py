@@ -138,4 +138,3 @@ def wait(ws: Path, poll: float = defaults.WAIT_POLL_SECONDS, echo=print, timeout
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"jobs still running after {timeout:.0f} s")
         time.sleep(poll)
-

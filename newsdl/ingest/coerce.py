@@ -36,7 +36,7 @@ _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 
 
 def has_surrogates(text: str) -> bool:
-    """True if ``text`` holds a lone surrogate: invalid UTF-8 in the input, or a "\\udXXX" escape."""
+    """True if ``text`` holds a lone surrogate: invalid UTF-8 in the input, or a "\\ud800"-style escape."""
     return not text.isascii() and _SURROGATE.search(text) is not None
 
 

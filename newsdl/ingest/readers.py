@@ -429,7 +429,7 @@ def _jsonl_block(name, chunk, lines_before, renamer, parse_options, read_options
 
 def _json_bytes(raw: bytes) -> tuple[Any, bool]:
     """The record in ``raw``, and whether its strings may hold lone surrogates: invalid UTF-8,
-    decoded so that ``canonical_row`` can name the field that holds it, or a "\\udXXX" escape."""
+    decoded so that ``canonical_row`` can name the field that holds it, or a "\\ud800"-style escape."""
     try:
         text, bad = raw.decode("utf-8"), False
     except UnicodeDecodeError:

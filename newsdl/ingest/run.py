@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,9 @@ def ingest(inputs: list[str | Path], workspace_dir: Path, *, images_root: str | 
               "split_fractions": dict(defaults.SPLIT_FRACTIONS), "max_image_pixels": defaults.MAX_IMAGE_PIXELS}
     with workspace.stage_lock(folder, "ingest"):
         if not force and workspace.is_up_to_date(folder, inputs_meta, config):
-            changed = changed_images(root, pq.read_table(folder / "images.parquet"))
+            images = folder / "images.parquet"
+            recorded = [c for c in ("path", "bytes", "mtime_ns") if c in pq.read_schema(images).names]
+            changed = changed_images(root, pq.read_table(images, columns=recorded))
             if not changed:
                 manifest = workspace.read_manifest(folder)
                 log.info("ingest is up to date in %s (use --force to redo it)", folder)

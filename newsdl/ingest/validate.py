@@ -238,8 +238,6 @@ def _check_all(paths: list[str], root: Path, seen: Seen) -> None:
             return path, check_image(root, path)
         except ImageRejected as exc:
             return path, exc
-        except OSError as exc:  # check_image maps the usual ones; an odd file system may raise others
-            return path, ImageRejected("image_unreadable", f"cannot read the file ({exc})")
 
     with ThreadPoolExecutor(_IMAGE_THREADS) as pool:
         for path, result in pool.map(one, todo):

@@ -111,22 +111,21 @@ def check_model(ws: Path, folder: Path, task: str) -> dict:
     from newsdl import workspace
 
     manifest = workspace.require_stage(folder, f"run `newsdl train {task} -w {ws}` first")
-    recorded = [i.get("sha256") for i in manifest.get("inputs") or [] if isinstance(i, dict)]
-    if recorded != [i["sha256"] for i in upstream(ws)]:
+    if workspace.input_hashes(manifest) != [i["sha256"] for i in upstream(ws)]:
         raise UserError(f"{folder} is stale: {ws / 'ingest'} or {ws / 'features'} changed after this {task} model "
                         f"was trained; rerun `newsdl train {task} -w {ws}`")
     return manifest
 
 
-def _fresh_features(ws: Path) -> dict | None:
-    """The features stage's manifest when it finished, checked against the current ingest output."""
+def _fresh_features(ws: Path, ingest: dict) -> dict | None:
+    """The features stage's manifest when it finished, checked against the current ingest output
+    (``ingest``: its manifest)."""
     from newsdl import workspace
 
     folder = ws / "features"
     if not (folder / "manifest.json").exists():
         return None
     manifest = workspace.require_stage(folder, "run `newsdl featurize` first")
-    ingest = workspace.read_manifest(ws / "ingest") or {}
     current = [{"path": f"ingest/{name}", "sha256": meta.get("sha256")}
                for name, meta in (ingest.get("outputs") or {}).items() if isinstance(meta, dict)]
     workspace.check_inputs_current(folder, manifest, current, f"{ws / 'ingest'}")
@@ -140,14 +139,14 @@ def load_corpus(ws: Path) -> Corpus:
 
     from newsdl import workspace
 
-    workspace.require_stage(ws / "ingest", f"run `newsdl ingest INPUT -w {ws}` first")
+    ingest = workspace.require_stage(ws / "ingest", f"run `newsdl ingest INPUT -w {ws}` first")
     articles_path = ws / "ingest" / "articles.parquet"
     table = pq.read_table(articles_path, columns=["id", "split", "title", "text", "source", "lat", "lon",
                                                   "comments", "shares"])
     corpus = corpus_from_articles(table)
     features = ws / "features"
     available = ["bow", "gaz"]
-    if _fresh_features(ws) is not None:
+    if _fresh_features(ws, ingest) is not None:
         text_path = features / "text.parquet"
         if text_path.is_file():
             corpus.arrays.update(_text_arrays(text_path, corpus.ids))

@@ -38,11 +38,7 @@ def evaluated(folder: Path, inputs: list[dict], key: dict, force: bool) -> dict 
     import json
     import logging
 
-    record = workspace.read_json(folder / EVALUATION)
-    if force or not isinstance(record, dict) or record.get("config") != key:
-        return None
-    recorded = [i.get("sha256") for i in record.get("inputs") or [] if isinstance(i, dict)]
-    if recorded != [i["sha256"] for i in inputs] or workspace.changed_output(folder, record):
+    if force or not workspace.is_up_to_date(folder, inputs, key, record=EVALUATION):
         return None
     logging.getLogger("newsdl.tasks").info("metrics up to date in %s (use --force to recompute)", folder / METRICS)
     return json.loads((folder / METRICS).read_text(encoding="utf-8"))
@@ -53,5 +49,5 @@ def write_evaluation(folder: Path, metrics: dict, plots: list[str], inputs: list
     """metrics.json, then evaluate's record of it and the plots (written last: it marks them done)."""
     workspace.write_json(folder / METRICS, metrics)
     workspace.write_manifest(folder, EVALUATE_STAGE, inputs=inputs, config=key, counts={"test": metrics["n_test"]},
-                             outputs=[METRICS, *plots], started=started, name=EVALUATION,
+                             outputs=[METRICS, *plots], started=started, record=EVALUATION,
                              extra={"task": metrics["task"], "seconds": round(seconds, 1)})
