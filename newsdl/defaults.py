@@ -96,13 +96,9 @@ CROP_FRACTION = 0.875
 # ---- train / evaluate / predict (none tuned on the sample corpus: each holds on corpora of
 # 1k to 100k articles, the BreakingNews range, on a CPU)
 
-# The tasks this release trains (caption and illustrate: see the section at the end).
-TASKS = ("geoloc", "source", "popularity", "caption", "illustrate")
-
 # Every feature family the heads can read; `--features` picks among them. gaz is geoloc's
 # gazetteer evidence (top places named in the text), useless for the other tasks.
 FEATURES = ("w2v_mean", "w2v_max", "tokens", "bow", "fc7", "gaz")
-TASK_FEATURES = {"geoloc": FEATURES, "source": FEATURES[:-1], "popularity": FEATURES[:-1]}
 # Short names the CLI accepts for whole families (`--features text,image`, the SPEC's example).
 # The gazetteer evidence is read from the text, so "text" includes it (for geoloc).
 FEATURE_GROUPS = {"text": ("w2v_mean", "w2v_max", "tokens", "bow", "gaz"), "image": ("fc7",),
@@ -232,8 +228,6 @@ WAIT_POLL_SECONDS = 10
 
 # ---- caption / illustrate (the image-and-text tasks; issue 6)
 
-# The tasks that work per image rather than per article, dispatched to their own modules.
-MULTIMODAL_TASKS = ("caption", "illustrate")
 # The article's text features these tasks read: the word2vec mean (topic, places named) and max
 # (the strongest single words), as in the BreakingNews baselines.
 MULTIMODAL_TEXT = ("w2v_mean", "w2v_max")

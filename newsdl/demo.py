@@ -50,8 +50,7 @@ def run_demo(ws: Path, *, n_articles: int, seed: int, force: bool = False) -> di
     rows += [("featurize", "vocabulary (words)", counts["vocab"]),
              ("featurize", "out-of-vocabulary share", float(counts["oov_rate"])),
              ("featurize", f"images featurized ({DEMO_BACKBONE})", counts["images_featurized"])]
-    from newsdl.tasks import TASKS, evaluate_task, format_table, train_task
-    from newsdl.tasks.metrics import MAIN
+    from newsdl.tasks import TASKS, evaluate_task, format_table, get, train_task
 
     tables = []
     for task in TASKS:
@@ -60,7 +59,7 @@ def run_demo(ws: Path, *, n_articles: int, seed: int, force: bool = False) -> di
         metrics = evaluate_task(ws, task, force=force)
         timings[task] = time.monotonic() - start
         tables.append(format_table(metrics))
-        main, higher_is_better = MAIN[task]
+        main, higher_is_better = get(task).main_metric, get(task).higher_is_better
         best = max(metrics["baselines"].items(), key=lambda kv: kv[1][main] * (1 if higher_is_better else -1))
         rows += [(task, f"{main} (model)", float(metrics["test"][main])),
                  (task, f"{main} (best baseline: {best[0]})", float(best[1][main]))]

@@ -1,6 +1,7 @@
-"""`newsdl train TASK --distributed slurm|tf_config` (newsdl.tasks.distributed): two workers on
-127.0.0.1 against the single-process `newsdl train`, a job killed mid-training and restarted, and
-`srun -n 2` in `sbatch --ntasks=2` on the private SLURM cluster of tests/slurm_harness.py.
+"""`newsdl train TASK --distributed slurm|tf_config` (newsdl.tasks.cluster, newsdl.tasks.loop): for
+every task, two workers on 127.0.0.1 against the single-process `newsdl train`; a job killed
+mid-training and restarted; `srun -n 2` in `sbatch --ntasks=2` on the private SLURM cluster of
+tests/slurm_harness.py.
 
 The comparisons hold the distributed run's per-epoch losses to defaults.DIST_VAL_LOSS_RTOL of the
 single-process run's (same global batch and seed), and its weights to WEIGHT_ATOL; measured here,
@@ -26,8 +27,12 @@ from newsdl import defaults
 from test_tasks_support import ROOT, copy_workspace, featurized_workspace, run_newsdl  # noqa: F401
 
 # Small batches, so that 42 training articles make 3 global batches (16, 16, 10: each cut in two
-# per worker); 4 epochs, with a patience that lets all of them run, for the restart test.
+# per worker; caption and illustrate: 88 images, 6 batches); 4 epochs, with a patience that lets all
+# of them run, for the restart test.
 SETTINGS = ["--epochs", "4", "--batch-size", "16", "--seed", "7", "--patience", "12"]
+# Each task once; geoloc's cells head (the regress head's layers are a subset of what it exercises:
+# the trunk, the gazetteer's trust and median, plus the cells' softmax).
+TASK_ARGS = {"source": (), "popularity": (), "geoloc": ("--head", "cells"), "caption": (), "illustrate": ()}
 # Weights are held to an absolute bound, not a relative one: Adam divides each step by
 # sqrt(v) + 1e-7, so where a gradient nearly cancels (an embedding row that few articles use) its
 # float32 rounding, ~1e-9, moves the weight by up to lr x 1e-9 / 1e-7 per step (2e-5 here). Measured:
@@ -84,10 +89,10 @@ def _history(folder: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def _weights(path: Path) -> list[np.ndarray]:
-    from newsdl.tasks.models import load
+def _weights(task: str, path: Path) -> list[np.ndarray]:
+    from newsdl.tasks import get
 
-    return load(path).get_weights()
+    return get(task).load_model(path).get_weights()
 
 
 def _assert_matches(folder: Path, reference: Path) -> None:
@@ -97,7 +102,7 @@ def _assert_matches(folder: Path, reference: Path) -> None:
     for a, b in zip(ours, theirs):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=defaults.DIST_VAL_LOSS_RTOL), (ours, theirs)
         assert a["loss"] == pytest.approx(b["loss"], rel=defaults.DIST_VAL_LOSS_RTOL), (ours, theirs)
-    ours_w, theirs_w = _weights(folder / "model.keras"), _weights(reference / "model.keras")
+    ours_w, theirs_w = _weights(folder.name, folder / "model.keras"), _weights(folder.name, reference / "model.keras")
     assert [w.shape for w in ours_w] == [w.shape for w in theirs_w]
     worst = max(float(np.max(np.abs(a - b))) for a, b in zip(ours_w, theirs_w))
     assert worst <= WEIGHT_ATOL, worst
@@ -124,14 +129,14 @@ def test_distributed_usage_errors_exit_2(tmp_path):
 
 def test_slurm_resolver_lays_out_cpu_tasks(monkeypatch):
     """Two nodes, one task each, no GPU: one worker per task at the job's port, none given a GPU."""
-    from newsdl.tasks import distributed
+    from newsdl.tasks import cluster
 
     for name, value in {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "cn[07-08]",
                         "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "NEWSDL_DIST_PORT": "24000"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(distributed.shutil, "which", lambda name: None)  # no nvidia-smi on this node
-    resolver = distributed.cluster_resolver("slurm")
+    monkeypatch.setattr(cluster.shutil, "which", lambda name: None)  # no nvidia-smi on this node
+    resolver = cluster.cluster_resolver("slurm")
     assert resolver.cluster_spec().as_dict() == {"worker": ["cn07:24000", "cn08:24000"]}
     assert resolver.get_task_info() == ("worker", 1)
     assert resolver.num_accelerators() == {"GPU": 0}
@@ -142,82 +147,88 @@ def test_slurm_resolver_lays_out_cpu_tasks(monkeypatch):
     monkeypatch.delenv("NEWSDL_DIST_PORT")
     monkeypatch.setenv("SLURM_JOB_ID", "1001")
     monkeypatch.setenv("SLURM_STEP_ID", "0")
-    port = distributed._slurm_port()
+    port = cluster._slurm_port()
     assert defaults.DIST_PORT_BASE <= port < 32768 - defaults.DIST_PORT_STRIDE
-    assert distributed.cluster_resolver("slurm").cluster_spec().as_dict() == {
+    assert cluster.cluster_resolver("slurm").cluster_spec().as_dict() == {
         "worker": [f"cn07:{port}", f"cn07:{port + 1}"]}
 
 
-@pytest.mark.parametrize("task,head", [("source", "default"), ("popularity", "default"), ("geoloc", "regress"),
-                                       ("geoloc", "cells")])
-def test_loop_losses_are_the_compiled_losses(featurized_workspace, task, head):  # noqa: F811
-    """The custom loop's loss (sums over examples, over the batch size) is Keras's compiled loss:
-    cross-entropy with class weights (source), masked Huber (popularity), the great-circle op and
-    cross-entropies with loss weights (geoloc's heads), plus the regularisation."""
+def test_a_loss_over_the_whole_batch_is_the_same_cut_in_two():
+    """illustrate's contrastive loss needs the global batch: each replica's rows, scored against the
+    embeddings gathered from every replica, give the one-process loss of those rows."""
     import tensorflow as tf
 
-    from newsdl.tasks import distributed
-    from newsdl.tasks.data import load_corpus
-    from newsdl.tasks.prepare import resolve_features, task_module
-    from newsdl.tasks.train import prepare
+    from newsdl.tasks import get
+    from newsdl.tasks.task import Batch
 
-    mod = task_module(task)
-    corpus = load_corpus(featurized_workspace)
-    features = resolve_features(task, None, corpus.available, featurized_workspace)
-    rows, _, _, _, fitted, x = prepare(featurized_workspace, mod, corpus, features, 7)
-    y = mod.targets(corpus, fitted, head, x)
-    sw = mod.sample_weight(corpus, fitted, rows["train"])
-    model = mod.build(features, {k: v[rows["train"]] for k, v in x.items()}, fitted, head)
-    recorder = distributed._Recorder(model)
-    mod.compile_model(recorder, 1e-3, fitted, head)
-    losses = distributed._Losses(model, recorder.compiled, task, head)
-    mod.compile_model(model, 1e-3, fitted, head)
-    batch = rows["train"][:16]
-    bx = {k: tf.constant(v[batch]) for k, v in x.items()}
-    by = {k: tf.constant(v[batch]) for k, v in y.items()}
-    bw = None if sw is None else tf.constant(sw[batch])
-    pred = model(bx, training=False)
-    expected = float(model.compute_loss(x=bx, y=by, y_pred=pred, sample_weight=bw))
-    ours = float(losses.sums(by, pred, bw, tf.constant(16.0))[0]) / 16 + float(sum(model.losses))
-    assert ours == pytest.approx(expected, rel=1e-5)
+    rng = np.random.default_rng(3)
+    both = rng.normal(size=(10, 8)).astype(np.float32)
+    both /= np.linalg.norm(both, axis=1, keepdims=True)
+    task = get("illustrate")
+    whole = task.losses({}, {"embeddings": tf.constant(both)}, Batch())["loss"].numpy()
+    halves = []
+    for lo, hi in ((0, 6), (6, 10)):
+        # The other replica's rows come from the gather: embeddings [text | image] of every row.
+        full = {"text": tf.constant(both[:, :4]), "image": tf.constant(both[:, 4:])}
+
+        def gather(local, full=full):
+            return full["text"] if np.allclose(local.numpy(), both[lo:hi, :4]) else full["image"]
+
+        halves.append(task.losses({}, {"embeddings": tf.constant(both[lo:hi])}, Batch(lo, gather))["loss"].numpy())
+    np.testing.assert_allclose(np.concatenate(halves), whole, rtol=1e-6)
+    assert whole.shape == (10,) and np.all(whole > 0)
 
 
 # ------------------------------------------------------------------ two workers on 127.0.0.1
 
-@pytest.fixture(scope="module")
-def runs(featurized_workspace, tmp_path_factory):  # noqa: F811
-    """The single-process `newsdl train source` and the same with 2 tf_config workers, run side by
+def _side_by_side(featurized_workspace, root: Path, task: str) -> dict:  # noqa: F811
+    """The single-process `newsdl train TASK` and the same with 2 tf_config workers, run side by
     side: {"single": ws, "two": ws, "codes": [...], "logs": [...]}."""
-    root = tmp_path_factory.mktemp("distributed")
     single = copy_workspace(featurized_workspace, root / "single" / "ws")
     two = copy_workspace(featurized_workspace, root / "two" / "ws")
     with open(root / "single.log", "w") as fh:
-        reference = subprocess.Popen([sys.executable, "-m", "newsdl", "train", "source", "-w", str(single),
-                                      *SETTINGS], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
+        reference = subprocess.Popen([sys.executable, "-m", "newsdl", "train", task, "-w", str(single),
+                                      *SETTINGS, *TASK_ARGS[task]], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env=_no_slurm_env())
-    procs = _launch(two, 2, "source")
+    procs = _launch(two, 2, task, *TASK_ARGS[task])
     codes = _wait(procs + [(reference, root / "single.log")])
     return {"single": single, "two": two, "codes": codes, "logs": [log for _, log in procs] + [root / "single.log"]}
 
 
+@pytest.fixture(scope="module")
+def runs(featurized_workspace, tmp_path_factory):  # noqa: F811
+    """source, single-process and on two workers (the restart and SLURM tests compare with it)."""
+    return _side_by_side(featurized_workspace, tmp_path_factory.mktemp("distributed"), "source")
+
+
 @pytest.mark.slow
-def test_two_workers_match_a_single_process_and_evaluate(runs):
-    logs = [p.read_text() for p in runs["logs"]]
-    assert runs["codes"] == [0, 0, 0], "\n".join(text[-2000:] for text in logs)
-    assert "worker done (2 workers)" in logs[1] and "train source done" in logs[0]
-    folder = runs["two"] / "models" / "source"
-    for name in ("model.keras", "config.json", "history.csv", "manifest.json", "runs/default/best.keras"):
+@pytest.mark.parametrize("task", list(TASK_ARGS))
+def test_two_workers_match_a_single_process_and_evaluate(task, runs, featurized_workspace, tmp_path):  # noqa: F811
+    """Every task: the same per-epoch losses (train and val), the same monitored values and the same
+    weights as one process, for the same global batch and seed; then evaluate reads the model."""
+    result = runs if task == "source" else _side_by_side(featurized_workspace, tmp_path, task)
+    logs = [p.read_text() for p in result["logs"]]
+    assert result["codes"] == [0, 0, 0], "\n".join(text[-2000:] for text in logs)
+    assert "worker done (2 workers)" in logs[1] and f"train {task} done" in logs[0]
+    folder = result["two"] / "models" / task
+    head = json.loads((folder / "config.json").read_text())["head"]
+    for name in ("model.keras", "config.json", "history.csv", "manifest.json", f"runs/{head}/best.keras"):
         assert (folder / name).is_file(), name
     config = json.loads((folder / "config.json").read_text())
     assert config["distributed"] == "tf_config" and config["summary"]["workers"] == 2
     assert [r["epoch"] for r in _history(folder)] == [0, 1, 2, 3]
-    _assert_matches(folder, runs["single"] / "models" / "source")
+    _assert_matches(folder, result["single"] / "models" / task)
+    monitor = config["summary"]["monitor"]
+    for a, b in zip(_history(folder), _history(result["single"] / "models" / task)):
+        assert a[monitor] == pytest.approx(b[monitor], rel=defaults.DIST_VAL_LOSS_RTOL)
     assert not any(p.name.startswith(".tmp-") for p in folder.rglob("*"))
 
-    r = run_newsdl("evaluate", "source", "-w", runs["two"], timeout=300)
+    r = run_newsdl("evaluate", task, "-w", result["two"], timeout=300)
     assert r.returncode == 0, r.stderr
+    from newsdl.tasks import get
+
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["task"] == "source" and set(metrics["test"]) == {"accuracy", "macro_f1"}
+    assert metrics["task"] == task and list(metrics["test"])[:len(get(task).metric_keys)] == list(get(task).metric_keys)
 
 
 @pytest.mark.slow
@@ -247,7 +258,7 @@ def test_a_killed_job_resumes_after_its_last_epoch(runs, featurized_workspace, t
     assert resumed and 2 <= resumed[0] < 4, logs[0][-3000:]
     # Epochs after the restored one only: none repeated, none lost.
     trained = [int(line.split(" epoch ")[1].split("/")[0]) for line in logs[0].splitlines()
-               if "source/default epoch " in line]
+               if line.split("INFO newsdl.tasks: ")[-1].startswith("source epoch ")]
     assert trained == list(range(resumed[0] + 1, 5)), logs[0][-3000:]
     assert [r["epoch"] for r in _history(folder)] == [0, 1, 2, 3]
     _assert_matches(folder, runs["two"] / "models" / "source")
@@ -281,7 +292,7 @@ def test_srun_two_tasks_in_sbatch(slurm_cluster, runs, featurized_workspace, tmp
     text = _read(out)
     assert [r.get("JobState") for r in records] == ["COMPLETED"], text[-3000:]
     assert "train source done" in text and "worker done (2 workers)" in text, text[-3000:]
-    assert "worker 0 of 2, slurm" in text and "worker 1 of 2, slurm" in text
+    assert "worker 0 of 2, global batch 16" in text and "worker 1 of 2, global batch 16" in text
     folder = ws / "models" / "source"
     config = json.loads((folder / "config.json").read_text())
     assert config["distributed"] == "slurm" and config["summary"]["workers"] == 2

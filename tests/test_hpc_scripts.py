@@ -224,35 +224,51 @@ def test_status_falls_back_to_manifests_without_a_scheduler(tmp_path, ingested_w
     assert re.search(r"merge\s+unknown\s+job 9: the scheduler no longer lists the job", proc.stdout)
 
 
-def test_preempt_callback_exits_75_and_keeps_the_last_epoch_backup(tmp_path):
-    """SIGUSR1 during epoch 3: fit leaves at once, the backup stays that of epoch 2, the exit is 75."""
+def test_sigusr1_mid_epoch_exits_75_and_keeps_the_last_finished_epoch(tmp_path):
+    """SIGUSR1 during epoch 3 of the training loop: it leaves at the next step with exit 75, and the
+    checkpoint and history.csv stay those of epoch 2. The task is a 20-line linear regression, which
+    is also all a new task needs to train with the loop."""
     code = textwrap.dedent(f"""
-        import os, signal, json, numpy as np, keras
-        from newsdl.tasks.preempt import StopOnSignal, Preempted
-        class Kick(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                if self.params and batch == 1 and len(seen) == 2:
-                    os.kill(os.getpid(), signal.SIGUSR1)
-        seen = []
-        class Seen(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                seen.append(epoch)
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        model.compile("sgd", "mse")
-        x, y = np.ones((32, 3), "float32"), np.ones((32, 1), "float32")
-        backup = {str(tmp_path / 'backup')!r}
+        import os, signal, numpy as np, tensorflow as tf, keras
+        from pathlib import Path
+        from newsdl.tasks import loop
+        from newsdl.tasks.preempt import Preempted
+        from newsdl.tasks.task import Data, Task
+        calls = [0]
+        def kick(x):
+            calls[0] += 1
+            # 1 val batch (the untrained model), then 4 steps + 1 val batch per epoch: call 13 is
+            # epoch 3's second step.
+            if calls[0] == 13:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return x
+        class Linear(Task):
+            name, epochs, batch_size, patience = "linear", 6, 8, 9
+            def build(self, data, s, head):
+                x = keras.Input((3,), name="x")
+                return keras.Model(x, {{"y": keras.layers.Dense(1, name="y")(x)}})
+            def losses(self, y, pred, batch):
+                err = tf.py_function(kick, [pred["y"][:, 0] - y["y"]], tf.float32)
+                return {{"loss": tf.square(err)}}
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(40, 3)).astype("float32")
+        data = Data({{"x": x}}, {{"y": x.sum(axis=1)}}, {{"train": np.arange(32), "val": np.arange(32, 40)}})
+        task = Linear()
+        s = {{"epochs": 6, "batch_size": 8, "lr": 0.01, "seed": 1, "patience": 9}}
+        run = Path({str(tmp_path / 'run')!r})
+        run.mkdir()
         try:
-            model.fit(x, y, batch_size=4, epochs=6, verbose=0, callbacks=[Kick(), Seen(),
-                      keras.callbacks.BackupAndRestore(backup), StopOnSignal()])
+            loop.fit(task, data, s, "default", run, run / "logs", loop.Cluster())
         except Preempted as exc:
-            meta = json.load(open(os.path.join(backup, "training_metadata.json")))
-            print("PREEMPTED", exc.code, seen, meta["epoch"])
+            rows = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+            print("PREEMPTED", exc.code, rows, tf.train.latest_checkpoint(str(run / "backup")).rsplit("-", 1)[1])
             raise
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
     assert proc.returncode == 75, proc.stderr[-2000:]
-    assert "PREEMPTED 75 [0, 1] 2" in proc.stdout, proc.stdout
+    assert "PREEMPTED 75 ['0', '1'] 2" in proc.stdout, proc.stdout
+    assert "during epoch 3" in proc.stderr, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("job_id,index,number", [("1234.server", "0", "1234"), ("1234[5].server", "5", "1234"),

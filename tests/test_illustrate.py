@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from test_tasks_support import copy_workspace, featurized_workspace  # noqa: F401
+from test_tasks_support import check_resume_keeps_the_count, copy_workspace, featurized_workspace  # noqa: F401
 
 
 def test_ranks_and_recall_on_hand_built_matrices():
@@ -20,7 +20,8 @@ def test_ranks_and_recall_on_hand_built_matrices():
                     [0.1, 0.4, 0.7]])
     assert R.ranks_from_similarity(sim).tolist() == [1.0, 3.0, 1.0]
     assert R.ranks_from_similarity(sim.T).tolist() == [1.0, 2.0, 1.0]
-    m = R.metrics_from_similarity(sim)
+    m = {**R.recall_metrics(R.ranks_from_similarity(sim)),
+         "image_to_text": R.recall_metrics(R.ranks_from_similarity(sim.T))}
     assert m["recall_at_1"] == pytest.approx(2 / 3) and m["recall_at_5"] == 1.0 and m["median_rank"] == 1.0
     assert m["image_to_text"] == {"recall_at_1": pytest.approx(2 / 3), "recall_at_5": 1.0, "recall_at_10": 1.0,
                                   "median_rank": 1.0}
@@ -92,17 +93,27 @@ def test_cca_recovers_a_planted_correlation(tmp_path):
 
 @pytest.mark.slow
 def test_illustrate_end_to_end(featurized_workspace, sample_corpus, tmp_path):  # noqa: F811
-    import keras
+    from newsdl.tasks import evaluate_task, format_table, get, predict_task, train_task
 
-    from newsdl.tasks import evaluate_task, format_table, predict_task, train_task
-    from newsdl.tasks import metrics as M
-
+    task = get("illustrate")
     ws = copy_workspace(featurized_workspace, tmp_path / "ws")
     summary = train_task(ws, "illustrate", epochs=2, batch_size=16, seed=7)
     folder = ws / "models" / "illustrate"
-    assert summary["epochs_run"] <= 2 and summary["n_train"] > 0
+    assert summary["epochs_run"] <= 2 and summary["n_train"] > 0 and summary["head"] == "two-tower"
+    assert summary["monitor"] == "val_recall_at_10" and 0.0 <= summary["val_best"] <= 1.0
+    assert 0.0 <= summary["cca_val_recall_at_10"] <= 1.0 and summary["features"] == ["w2v_mean", "w2v_max", "fc7"]
+    # The run trained in runs/HEAD/, like every task's; the model is its best epoch's.
+    run_dir = folder / "runs" / "two-tower"
+    for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()
+    assert not (folder / "run").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["heads"]["two-tower"] == json.loads((run_dir / "done.json").read_text())
+    history = (folder / "history.csv").read_text().splitlines()
+    assert "val_recall_at_10" in history[0].split(",") and len(history) == 1 + summary["epochs_run"]
     metrics = evaluate_task(ws, "illustrate")
-    keys = list(M.KEYS["illustrate"])
+    keys = list(task.metric_keys)
     assert metrics["task"] == "illustrate" and metrics["n_test"] >= 2
     assert set(metrics["baselines"]) == {"cca", "random"}
     for scores in [metrics["test"], *metrics["baselines"].values()]:
@@ -116,7 +127,8 @@ def test_illustrate_end_to_end(featurized_workspace, sample_corpus, tmp_path):  
     for name in ("model.keras", "cca.npz", "config.json", "metrics.json", "recall_at_k.png", "manifest.json"):
         assert (folder / name).is_file(), name
     assert (folder / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    keras.models.load_model(folder / "model.keras", safe_mode=True, compile=False)
+    model = task.load_model(folder / "model.keras")
+    assert list(model.output) == ["embeddings"]
     assert train_task(ws, "illustrate", epochs=2, batch_size=16, seed=7)["skipped"] is True
     assert evaluate_task(ws, "illustrate") == metrics
 
@@ -127,3 +139,15 @@ def test_illustrate_end_to_end(featurized_workspace, sample_corpus, tmp_path):  
     assert r["predicted"] == len(articles) > 0 and any(x["kind"] == "image" for x in rows)
     scores = [i["score"] for i in articles[0]["images"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == min(10, sum(x["kind"] == "image" for x in rows))
+
+
+@pytest.mark.slow
+def test_a_resumed_illustrate_run_keeps_its_early_stopping_count(featurized_workspace, tmp_path):  # noqa: F811
+    """Kill illustrate training (early stopping on a value to maximise) once the epoch before early
+    stopping ends it is checkpointed: the resumed run trains one epoch and stops, as the
+    uninterrupted run did, instead of counting patience from zero; same history and weights."""
+    summary = check_resume_keeps_the_count(
+        featurized_workspace, tmp_path, "illustrate",
+        # Small batches: an epoch of many steps, that the kill lands in.
+        ["--epochs", "15", "--patience", "3", "--batch-size", "4", "--seed", "3"])
+    assert summary["head"] == "two-tower" and summary["monitor"] == "val_recall_at_10"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from newsdl.tasks import get
 from newsdl.tasks import metrics as M
 
 R = 6371.0088
@@ -49,7 +50,7 @@ def test_geoloc_metrics_hand_computed():
     km = np.array([0.0, 10.0, 100.0, 1000.0, 3000.0])
     pred_lon = km / KM_PER_DEG
     m = M.geoloc_metrics(np.zeros(5), np.zeros(5), np.zeros(5), pred_lon)
-    assert list(m) == list(M.KEYS["geoloc"])
+    assert list(m) == list(get("geoloc").metric_keys)
     assert m["median_km"] == pytest.approx(100.0)
     assert m["mean_km"] == pytest.approx(822.0)
     assert m["acc_1km"] == pytest.approx(0.2)
@@ -104,10 +105,13 @@ def test_popularity_metrics_hand_computed():
 
 
 def test_beats_uses_the_main_metric_and_its_direction():
-    assert M.beats("geoloc", {"mean_km": 10.0}, {"mean_km": 11.0})
-    assert not M.beats("geoloc", {"mean_km": 11.0}, {"mean_km": 11.0})
-    assert M.beats("source", {"accuracy": 0.9}, {"accuracy": 0.8})
-    assert not M.beats("popularity", {"spearman": 0.3}, {"spearman": 0.31})
+    geoloc, source, popularity = get("geoloc"), get("source"), get("popularity")
+    assert (geoloc.main_metric, geoloc.higher_is_better) == ("mean_km", False)
+    assert M.beats(geoloc, {"mean_km": 10.0}, {"mean_km": 11.0})
+    assert not M.beats(geoloc, {"mean_km": 11.0}, {"mean_km": 11.0})
+    assert not M.beats(geoloc, {"mean_km": 12.0, "acc_1km": 1.0}, {"mean_km": 11.0, "acc_1km": 0.0})
+    assert M.beats(source, {"accuracy": 0.9}, {"accuracy": 0.8})
+    assert not M.beats(popularity, {"spearman": 0.3}, {"spearman": 0.31})
 
 
 def test_medoid_is_the_training_point_with_least_total_distance():

@@ -58,18 +58,23 @@ def test_predict_parquet_and_the_python_api(trained_workspace, sample_corpus, tm
     assert table.column_names == ["id", "lat", "lon"] and table.num_rows == 4
     # The same articles through the training corpus path get the same predictions: predict
     # featurizes new text exactly as featurize and training did.
-    from newsdl.tasks.data import dataset, load_corpus
-    from newsdl.tasks.models import load
-    from newsdl.tasks.prepare import model_inputs, read_saved
+    import numpy as np
 
-    saved = read_saved(trained_workspace, "geoloc")
+    from newsdl.tasks import get
+    from newsdl.tasks.articles import model_inputs, predict_outputs
+    from newsdl.tasks.data import load_corpus
+    from newsdl.tasks.task import read_saved
+
+    task = get("geoloc")
+    saved = read_saved(trained_workspace, task)
     corpus = load_corpus(trained_workspace)
     ids = table.column("id").to_pylist()
-    rows = [list(corpus.ids).index(i) for i in ids]
+    rows = np.array([list(corpus.ids).index(i) for i in ids])
     x = model_inputs(corpus, saved.features, saved.fitted)
-    out = load(saved.folder / "model.keras").predict(dataset(x, {}, rows, 8), verbose=0)["latlon"]
-    assert out[:, 0] == pytest.approx(table.column("lat").to_numpy(), abs=1e-3)
-    assert out[:, 1] == pytest.approx(table.column("lon").to_numpy(), abs=1e-3)
+    outputs = predict_outputs(task.load_model(saved.folder / "model.keras"), x, rows, 8)
+    pred = task.decode(outputs, saved.fitted)
+    assert pred["lat"] == pytest.approx(table.column("lat").to_numpy(), abs=1e-3)
+    assert pred["lon"] == pytest.approx(table.column("lon").to_numpy(), abs=1e-3)
 
 
 def test_predict_with_only_bad_records_exits_2_naming_the_line_and_field(trained_workspace, tmp_path):  # noqa: F811

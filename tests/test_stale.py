@@ -179,16 +179,20 @@ def test_a_tiny_corpus_is_a_user_error_naming_the_minimum(tmp_path, task):
 
 def test_a_corpus_without_val_split_holds_out_part_of_train(tmp_path):
     from newsdl import defaults
-    from newsdl.tasks.data import Corpus
-    from newsdl.tasks.prepare import split_rows
+    from newsdl.tasks.task import split_rows
     import numpy as np
 
     n = defaults.MIN_TRAIN
-    corpus = Corpus(np.array([f"a{i}" for i in range(n)]), np.array(["train"] * n), [""] * n, np.array([""] * n),
-                    *(np.zeros(n) for _ in range(4)), {}, ())
-    rows = split_rows(corpus, np.ones(n, bool), seed=1)
+    rows = split_rows(np.array(["train"] * n), np.ones(n, bool), seed=1)
     assert len(rows["val"]) == 1 and len(rows["train"]) == n - 1
     assert not set(rows["val"]) & set(rows["train"])
+    # Per image (caption, illustrate): whole articles are held out, never half of one's images.
+    articles = np.repeat([f"a{i}" for i in range(2 * n)], 3)
+    rows = split_rows(np.array(["train"] * len(articles)), np.ones(len(articles), bool), seed=1, groups=articles,
+                      unit="images")
+    held = set(articles[rows["val"]])
+    assert len(held) == 2 and len(rows["val"]) == 6 and len(rows["train"]) == len(articles) - 6
+    assert not held & set(articles[rows["train"]])
 
 
 def test_workspace_that_is_a_file_is_a_user_error(tmp_path):

@@ -1,45 +1,52 @@
-"""Task heads: training and evaluation of every task, reruns, resume after a kill, determinism,
-the missing-image mask, the custom layers, the gazetteer and the CLI's user errors."""
+"""Task heads: training and evaluation of every task, reruns, resume after a kill (early stopping's
+count included), determinism, the missing-image mask, the custom layers, the gazetteer and the
+CLI's user errors."""
 
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from test_tasks_support import (FAST_TRAIN, copy_workspace, featurized_workspace, popen_newsdl,  # noqa: F401
-                                rerecord, run_newsdl, trained_workspace)
+from newsdl.tasks.task import Task
+
+from test_tasks_support import (FAST_TRAIN, assert_same_training, copy_workspace,  # noqa: F401
+                                featurized_workspace, kill_after_checkpoint, popen_newsdl, rerecord, run_newsdl,
+                                trained_workspace)
 
 BASELINES = {"geoloc": {"constant", "knn", "gazetteer"}, "source": {"majority", "tfidf_logreg"},
              "popularity": {"mean", "ridge"}}
+MONITOR = {"geoloc": "val_km", "source": "val_loss", "popularity": "val_comments_loss"}
+SUMMARY = {"task", "folder", "head", "features", "n_train", "n_val", "monitor", "val_best", "best_epoch",
+           "epochs_run", "seconds", "workers"}
 
 
-def _weights(path):
-    from newsdl.tasks.models import load
+def _weights(task, path):
+    from newsdl.tasks import get
 
-    return load(path).get_weights()
+    return get(task).load_model(path).get_weights()
 
 
 @pytest.mark.parametrize("task", ["geoloc", "source", "popularity"])
 def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task):  # noqa: F811
+    from newsdl.tasks import get
     from newsdl.tasks import metrics as M
 
+    t = get(task)
     folder = trained_workspace / "models" / task
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["task"] == task
     assert isinstance(metrics["n_train"], int) and metrics["n_train"] > 0
     assert isinstance(metrics["n_test"], int) and metrics["n_test"] > 0
-    assert list(metrics["test"]) == list(M.KEYS[task])
+    assert list(metrics["test"]) == list(t.metric_keys)
     assert set(metrics["baselines"]) == BASELINES[task]
     for name, scores in metrics["baselines"].items():
-        assert list(scores) == list(M.KEYS[task]), name
+        assert list(scores) == list(t.metric_keys), name
         assert all(isinstance(v, float) and np.isfinite(v) for v in scores.values()), name
     assert all(isinstance(v, float) and np.isfinite(v) for v in metrics["test"].values())
-    assert metrics["main_metric"] == M.MAIN[task][0]
-    assert metrics["beats_every_baseline"] == all(M.beats(task, metrics["test"], b)
+    assert metrics["main_metric"] == t.main_metric and t.main_metric in t.metric_keys
+    assert metrics["beats_every_baseline"] == all(M.beats(t, metrics["test"], b)
                                                   for b in metrics["baselines"].values())
     # The model, its config and history, plots and the manifest, written last.
     for name in ("model.keras", "config.json", "history.csv", "manifest.json"):
@@ -48,22 +55,56 @@ def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task): 
              "popularity": ["predicted_vs_true.png"]}[task]
     for plot in plots:
         assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Two stages, two records: train's (the model) and evaluate's (metrics and plots, keyed by the
-    # model's sha256).
+    # Two stages, two records: train's (the model) and evaluate's (metrics and plots, keyed by
+    # what train wrote: the digest of its record's outputs, the model's sha256 among them).
+    from newsdl.tasks.data import stage_digest
+
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stage"] == "train" and "model.keras" in manifest["outputs"] and manifest["inputs"]
     assert "metrics.json" not in manifest["outputs"]
     record = json.loads((folder / "evaluate.json").read_text())
     assert record["stage"] == "evaluate" and {"metrics.json", *plots} == set(record["outputs"])
-    assert record["config"]["model_sha256"] == manifest["outputs"]["model.keras"]["sha256"]
+    assert record["config"] == {"train": stage_digest(manifest)}
+    other = {**manifest, "outputs": {**manifest["outputs"], "model.keras": {**manifest["outputs"]["model.keras"],
+                                                                            "sha256": "0" * 64}}}
+    assert stage_digest(other) != record["config"]["train"]  # another model, another key
     assert record["inputs"] == manifest["inputs"]
     history = (folder / "history.csv").read_text().splitlines()
     assert 2 <= len(history) <= 1 + FAST_TRAIN["epochs"]
     config = json.loads((folder / "config.json").read_text())
     assert config["features"] and config["seed"] == FAST_TRAIN["seed"]
+    # The summary: the chosen head's val outcome, named by its monitor.
+    summary = config["summary"]
+    assert SUMMARY <= set(summary) and "val_score" not in summary
+    assert summary["task"] == task and summary["head"] == config["head"] and summary["workers"] == 1
+    assert summary["monitor"] == MONITOR[task] == t.monitor and summary["features"] == config["features"]
+    assert summary["epochs_run"] == len(history) - 1 and 0 <= summary["best_epoch"] <= summary["epochs_run"]
+    assert MONITOR[task] in history[0].split(",")
+    if summary["best_epoch"] > 0:  # else the untrained model (the linear start) was the best
+        best_row = dict(zip(history[0].split(","), history[summary["best_epoch"]].split(",")))
+        assert float(best_row[MONITOR[task]]) == pytest.approx(summary["val_best"], abs=1e-6)
+    # Each head trained in runs/HEAD/; the best one's model and history are the task's.
+    for head, outcome in config["heads"].items():
+        run_dir = folder / "runs" / head
+        for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
+            assert (run_dir / name).is_file(), (head, name)
+        assert outcome == json.loads((run_dir / "done.json").read_text())
+        assert {"head", "val_best", "monitor", "best_epoch", "epochs_run", "score"} <= set(outcome)
+        assert outcome["head"] == head and outcome["monitor"] == MONITOR[task]
+    best = config["heads"][config["head"]]
+    assert min(config["heads"].values(), key=lambda o: o["score"]) == best
+    assert {k: summary[k] for k in ("val_best", "best_epoch", "epochs_run")} == \
+        {k: best[k] for k in ("val_best", "best_epoch", "epochs_run")}
+    run_dir = folder / "runs" / config["head"]
+    assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()
+    assert (run_dir / "history.csv").read_text() == (folder / "history.csv").read_text()
     if task == "geoloc":
         assert config["head"] in ("regress", "cells") and set(config["heads"]) == {"regress", "cells"}
         assert "gaz" in config["features"] and len(config["fitted"]["cells"]) >= 1
+        # Lower km is better: the kept head has the lower val mean km.
+        assert summary["val_best"] == min(o["val_best"] for o in config["heads"].values())
+    else:
+        assert config["head"] == "default" and set(config["heads"]) == {"default"}
     if task == "source":
         assert config["fitted"]["classes"] == sorted(config["fitted"]["classes"])
         assert "fc7" in config["features"] and "tokens" in config["features"]
@@ -77,7 +118,7 @@ def test_models_load_in_safe_mode_and_reruns_are_no_ops(trained_workspace):  # n
 
     folder = trained_workspace / "models" / "source"
     model = keras.models.load_model(folder / "model.keras", safe_mode=True, compile=False)
-    assert "source" in model.output_names
+    assert list(model.output) == ["source"]  # outputs are named, as every task's
     before = (folder / "model.keras").stat().st_mtime_ns
     assert train_task(trained_workspace, "source", **FAST_TRAIN)["skipped"] is True
     assert (folder / "model.keras").stat().st_mtime_ns == before
@@ -95,46 +136,98 @@ def test_same_seed_same_model_other_seed_other_model(featurized_workspace, tmp_p
         ws = copy_workspace(featurized_workspace, tmp_path / name)
         train_task(ws, "popularity", epochs=2, batch_size=16, seed=seed)
         runs[name] = ws / "models" / "popularity"
-    a, b, c = (_weights(runs[n] / "model.keras") for n in "abc")
+    a, b, c = (_weights("popularity", runs[n] / "model.keras") for n in "abc")
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert (runs["a"] / "history.csv").read_text() == (runs["b"] / "history.csv").read_text()
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
 def test_a_killed_training_resumes_where_it_stopped(featurized_workspace, tmp_path):  # noqa: F811
-    """Kill `newsdl train` after its second epoch; the rerun resumes at epoch 3 and ends with the
-    very weights of a run that was never interrupted."""
+    """Kill `newsdl train` once its second epoch is checkpointed; the rerun resumes after it and
+    ends with the history, outcome and very weights of a run that was never interrupted."""
     args = ["--epochs", "5", "--patience", "10", "--batch-size", "8", "--seed", "5"]
     killed = copy_workspace(featurized_workspace, tmp_path / "killed")
     whole = copy_workspace(featurized_workspace, tmp_path / "whole")
-    meta = killed / "models" / "source" / "runs" / "default" / "backup" / "training_metadata.json"
+    run_dir = killed / "models" / "source" / "runs" / "default"
     proc = popen_newsdl("train", "source", "-w", killed, *args)
-    deadline = time.monotonic() + 300
-    epoch = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            epoch = json.loads(meta.read_text())["epoch"]
-        except (OSError, ValueError, KeyError):
-            epoch = 0
-        if epoch >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed: {proc.stdout.read()}"
-    assert not (killed / "models" / "source" / "manifest.json").exists()
+    epoch = kill_after_checkpoint(proc, run_dir / "backup", 2)
+    assert 2 <= epoch < 5
+    assert not (killed / "models" / "source" / "manifest.json").exists() and not (run_dir / "done.json").exists()
 
     resumed = run_newsdl("train", "source", "-w", killed, *args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming after epoch {epoch}" in resumed.stderr
-    assert f"epoch {epoch}/5:" not in resumed.stderr and "epoch 5/5:" in resumed.stderr
+    assert f"source: resuming after epoch {epoch}" in resumed.stderr
+    assert "untrained (initial) model" not in resumed.stderr
+    assert f"source epoch {epoch}/5:" not in resumed.stderr and f"source epoch {epoch + 1}/5:" in resumed.stderr
+    assert "source epoch 5/5:" in resumed.stderr
     history = (killed / "models" / "source" / "history.csv").read_text().splitlines()
     assert [int(line.split(",")[0]) for line in history[1:]] == [0, 1, 2, 3, 4]
 
     assert run_newsdl("train", "source", "-w", whole, *args).returncode == 0
-    a = _weights(killed / "models" / "source" / "model.keras")
-    b = _weights(whole / "models" / "source" / "model.keras")
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert_same_training(killed, whole, "source")
+
+
+class ScriptedTask(Task):
+    """A task whose monitored val value follows ``script`` by epoch (index 0: the untrained model),
+    for the loop's early stopping. The epoch is read from the model itself: a bias that Adam moves
+    by lr per step against a constant gradient, one step per epoch, so the script also goes wrong
+    if a resumed run does not restore the model and the optimizer."""
+
+    name, monitor, min_delta, lr, lr_half_life = "scripted", "val_script", 1e-3, 0.25, None
+    val_outputs = ("out",)
+
+    def __init__(self, script, mode):
+        self.script, self.mode = list(script), mode
+
+    def build(self, data, s, head):
+        import keras
+
+        inp = keras.Input((1,), name="x")
+        out = keras.layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros", name="out")(inp)
+        return keras.Model({"x": inp}, {"out": out})
+
+    def losses(self, y, pred, batch):
+        import tensorflow as tf
+
+        return {"loss": tf.reshape(pred["out"], [-1])}  # inputs are 0: the bias's gradient is 1
+
+    def validate(self, data, outputs):
+        epoch = int(round(-float(np.mean(outputs["out"])) / self.lr))
+        return {"val_script": self.script[epoch]}
+
+
+def test_a_resumed_run_keeps_its_early_stopping_count_in_both_directions(tmp_path):
+    """The loop's checkpoint holds early stopping's count: a run resumed after epoch 2 (its count
+    at 1) stops after epoch 4 with patience 3, as the uninterrupted run does, not after epoch 5;
+    a run whose count had reached its patience does nothing more. The same for a value to
+    maximise (mode max)."""
+    from newsdl.tasks import loop
+    from newsdl.tasks.task import Data
+
+    # Untrained 1.0; epoch 1 best (0.5); no improvement by more than min_delta for three epochs;
+    # a late improvement (epoch 6) that a count reset to 0 would reach.
+    script = [1.0, 0.5, 0.6, 0.5005, 0.7, 0.9, 0.1, 0.1, 0.1]
+    x, y = {"x": np.zeros((6, 1), np.float32)}, {"t": np.zeros((6, 1), np.float32)}
+    data = Data(x, y, {"train": np.arange(4), "val": np.arange(4, 6), "test": np.arange(0)})
+
+    def fit(task, run_dir, epochs):
+        s = {"epochs": epochs, "batch_size": 16, "lr": task.lr, "seed": 1, "patience": 3}
+        run_dir.mkdir(parents=True, exist_ok=True)  # train.py makes it, with run.json
+        loop.fit(task, data, s, "default", run_dir, tmp_path / "logs", loop.Cluster())
+        return loop.read_history(run_dir / "history.csv", None), loop.outcome(task, run_dir)
+
+    for mode, sign in (("min", 1.0), ("max", -1.0)):
+        task = ScriptedTask([sign * v for v in script], mode)
+        whole, resumed = tmp_path / mode / "whole", tmp_path / mode / "resumed"
+        history, outcome = fit(task, whole, 8)
+        assert [r["epoch"] for r in history] == [0, 1, 2, 3]  # stopped after epoch 4
+        assert [r["val_script"] for r in history] == [sign * v for v in script[1:5]]
+        assert (outcome["best_epoch"], outcome["epochs_run"], outcome["val_best"]) == (1, 4, sign * 0.5)
+        assert fit(task, whole, 8) == (history, outcome)  # the count had run out: nothing more
+
+        fit(task, resumed, 2)  # ends at the cap after epoch 2, its count at 1
+        assert loop.outcome(task, resumed)["epochs_run"] == 2
+        assert fit(task, resumed, 8) == (history, outcome)
 
 
 def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_path):  # noqa: F811
@@ -143,10 +236,10 @@ def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from newsdl.tasks import train_task
+    from newsdl.tasks import get, train_task
+    from newsdl.tasks.articles import model_inputs
     from newsdl.tasks.data import dataset, load_corpus
-    from newsdl.tasks.models import load
-    from newsdl.tasks.prepare import model_inputs, read_saved
+    from newsdl.tasks.task import read_saved
 
     ws = copy_workspace(featurized_workspace, tmp_path / "ws")
     part = next((ws / "features" / "images").glob("part-*.parquet"))
@@ -164,8 +257,8 @@ def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_
     assert np.all(corpus.arrays["fc7"][without] == 0)
 
     train_task(ws, "source", **FAST_TRAIN)
-    saved = read_saved(ws, "source")
-    model = load(saved.folder / "model.keras")
+    saved = read_saved(ws, get("source"))
+    model = get("source").load_model(saved.folder / "model.keras")
     x = model_inputs(corpus, saved.features, saved.fitted)
     rows = np.arange(len(corpus))
     before = model.predict(dataset(x, {}, rows, 16), verbose=0)["source"]
@@ -184,7 +277,7 @@ def test_geo_layers_at_the_dateline_and_poles_and_the_median_decision():
     import keras
 
     from newsdl.tasks.metrics import to_unit
-    from newsdl.tasks.models import GeoMedian, UnitToLatLon
+    from newsdl.tasks.geoloc import GeoMedian, UnitToLatLon
 
     lat = np.array([0.0, 0.0, 89.999, -45.0])
     lon = np.array([179.9, -179.9, 10.0, -180.0])
@@ -232,11 +325,16 @@ def test_gazetteer_ranks_places_and_resolves_names():
     assert feats["gaz_xyz"].shape == (2, 3, 3) and feats["gaz_feat"].shape == (2, 3 * 4 + 2)
 
 
-def test_cli_user_errors_exit_2_with_one_line(featurized_workspace, tmp_path):  # noqa: F811
+def test_cli_user_errors_exit_2_with_one_line(featurized_workspace, trained_workspace, tmp_path):  # noqa: F811
+    (tmp_path / "new.jsonl").write_text(json.dumps({"id": "n1", "text": "Rain in Sydney."}) + "\n")
     cases = [
         (["train", "weather", "-w", featurized_workspace], "TASK 'weather'"),
         (["train", "source", "-w", featurized_workspace, "--features", "bogus"], "bogus"),
-        (["train", "source", "-w", featurized_workspace, "--head", "cells"], "--head"),
+        (["train", "source", "-w", featurized_workspace, "--head", "cells"], "--head cells: source has no such option"),
+        (["train", "popularity", "-w", featurized_workspace, "--beam", "2"], "--beam 2: popularity has no such option"),
+        (["evaluate", "source", "-w", trained_workspace, "--beam", "2"], "--beam 2: source has no such option"),
+        (["predict", "geoloc", tmp_path / "new.jsonl", "-w", trained_workspace, "--beam", "2"],
+         "--beam 2: geoloc has no such option"),
         (["train", "geoloc", "-w", featurized_workspace, "--head", "nope"], "--head nope"),
         (["train", "source", "-w", featurized_workspace, "--epochs", "0"], "--epochs 0"),
         (["evaluate", "source", "-w", tmp_path / "empty"], "newsdl train source"),

@@ -9,9 +9,12 @@ can share its session fixtures.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,83 @@ def rerecord(folder: Path) -> None:
         manifest["outputs"][name] = {"sha256": workspace.sha256_file(folder / name), "bytes": st.st_size,
                                      "mtime_ns": st.st_mtime_ns}
     workspace.write_json(path, manifest)
+
+
+def checkpoint_epoch(backup: Path) -> int:
+    """The epoch of the training loop's latest checkpoint in ``backup`` (runs/HEAD/backup/): the N
+    of the ckpt-N that the ``checkpoint`` file names, once its index is written; 0 before any."""
+    try:
+        text = (backup / "checkpoint").read_text(encoding="utf-8")
+    except OSError:
+        return 0
+    m = re.search(r'^model_checkpoint_path: ".*?ckpt-(\d+)"', text, re.M)
+    return int(m.group(1)) if m and (backup / f"ckpt-{m.group(1)}.index").is_file() else 0
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, backup: Path, epochs: int, timeout: float = 300) -> int:
+    """SIGKILL a `newsdl train` process as soon as its loop has checkpointed ``epochs`` epochs
+    (nothing to flush, nothing to clean up: as a crash or a killed job); the epochs checkpointed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if checkpoint_epoch(backup) >= epochs:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"training ended before it could be killed: {proc.stdout.read()}"
+    return checkpoint_epoch(backup)
+
+
+def assert_same_training(a: Path, b: Path, task: str) -> None:
+    """Two workspaces' trainings of ``task`` are the same run: the same history (every epoch's
+    losses and val values), the same outcome (head, best epoch, epochs run, best val value) and
+    the very same weights."""
+    import json
+
+    import numpy as np
+
+    from newsdl.tasks import get
+
+    fa, fb = a / "models" / task, b / "models" / task
+    assert (fa / "history.csv").read_text() == (fb / "history.csv").read_text()
+    sa, sb = (json.loads((f / "config.json").read_text())["summary"] for f in (fa, fb))
+    keys = ("head", "monitor", "val_best", "best_epoch", "epochs_run", "n_train", "n_val")
+    assert {k: sa[k] for k in keys} == {k: sb[k] for k in keys}
+    wa, wb = (get(task).load_model(f / "model.keras").get_weights() for f in (fa, fb))
+    assert len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def check_resume_keeps_the_count(featurized: Path, tmp_path: Path, task: str, args: list[str]) -> dict:
+    """Train ``task`` with ``args`` uninterrupted, where early stopping must end the run after
+    non-improving epochs; train it again, killed once the epoch before that stop is checkpointed
+    (early stopping's count then above 0), and rerun it: the resumed run trains that one last epoch
+    and stops, ending as the uninterrupted run did. The uninterrupted run's summary."""
+    import json
+
+    cap = int(args[args.index("--epochs") + 1])
+    whole, killed = copy_workspace(featurized, tmp_path / "whole"), copy_workspace(featurized, tmp_path / "killed")
+    result = run_newsdl("train", task, "-w", whole, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((whole / "models" / task / "config.json").read_text())["summary"]
+    stop = summary["epochs_run"]
+    # What the test needs of the settings: early stopping ended the run, and the epoch before its
+    # stop was no improvement (so its count there is above 0).
+    assert stop < cap and summary["best_epoch"] < stop - 1, summary
+    name = task if summary["head"] == "default" else f"{task}/{summary['head']}"
+    assert f"{name}: early stopping after epoch {stop}:" in result.stderr
+
+    proc = popen_newsdl("train", task, "-w", killed, *args)
+    run_dir = killed / "models" / task / "runs" / summary["head"]
+    assert kill_after_checkpoint(proc, run_dir / "backup", stop - 1) == stop - 1
+    assert not (run_dir / "done.json").exists() and not (killed / "models" / task / "manifest.json").exists()
+    resumed = run_newsdl("train", task, "-w", killed, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{name}: resuming after epoch {stop - 1}" in resumed.stderr
+    assert f"{name} epoch {stop - 1}/{cap}:" not in resumed.stderr
+    assert f"{name} epoch {stop}/{cap}:" in resumed.stderr and f"epoch {stop + 1}/{cap}:" not in resumed.stderr
+    assert f"{name}: early stopping after epoch {stop}:" in resumed.stderr
+    assert_same_training(whole, killed, task)
+    return summary
 
 
 def copy_workspace(src: Path, dst: Path) -> Path:

@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from newsdl import defaults
+from newsdl.tasks import TASKS
 
 
 def submit(
@@ -28,7 +29,7 @@ def submit(
     shards: Optional[int] = typer.Option(None, help=f"Featurize array tasks [default: the config's, else "
                                          f"{defaults.SHARDS}]"),
     tasks: Optional[str] = typer.Option(None, help=f"Comma list of tasks to train and evaluate [default: the "
-                                        f"config's, else {','.join(defaults.TASKS)}]"),
+                                        f"config's, else {','.join(TASKS)}]"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Write the scripts to WORKSPACE/jobs/ and submit nothing"),
     wait: bool = typer.Option(False, "--wait", help="Stay until every job has ended, print each stage's state as "
                               "it changes; exit 1 naming the failed stage and its log"),

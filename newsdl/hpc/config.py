@@ -13,6 +13,7 @@ from pathlib import Path
 
 from newsdl import defaults
 from newsdl.errors import UserError
+from newsdl.tasks import TASKS
 
 SCHEDULERS = ("slurm", "pbs")
 STAGES = ("ingest", "featurize", "merge", "train", "evaluate")
@@ -65,7 +66,7 @@ class ClusterConfig:
     max_requeues: int = defaults.MAX_REQUEUES
     signal_seconds: int = defaults.PREEMPT_SIGNAL_SECONDS
     shards: int = defaults.SHARDS
-    tasks: tuple[str, ...] = defaults.TASKS
+    tasks: tuple[str, ...] = TASKS
     resources: Resources = Resources()
     stages: dict = field(default_factory=dict)  # stage name -> Resources (already merged with `resources`)
     source: str = ""           # the file it was read from, for messages and script headers
@@ -121,9 +122,9 @@ def parse(raw: dict, source: str = "<config>") -> ClusterConfig:
         if key in raw:
             top[key] = _int(raw[key], key, bad, low)
     if "tasks" in top:
-        unknown = [t for t in top["tasks"] if t not in defaults.TASKS]
+        unknown = [t for t in top["tasks"] if t not in TASKS]
         if unknown:
-            raise bad("tasks", f"unknown task {unknown[0]!r} (this version trains {', '.join(defaults.TASKS)})")
+            raise bad("tasks", f"unknown task {unknown[0]!r} (this version trains {', '.join(TASKS)})")
     if "env" in raw:
         if not isinstance(raw["env"], dict):
             raise bad("env", "must be a table of NAME = \"value\"")

@@ -9,11 +9,11 @@ import os
 import subprocess
 from pathlib import Path
 
-from newsdl import defaults
 from newsdl.errors import UserError, where
 from newsdl.hpc import config as hpc_config
 from newsdl.hpc import scheduler as sched
 from newsdl.hpc.scripts import log_id, render_chain
+from newsdl.tasks import TASKS
 from newsdl.workspace import atomic_path, now, write_json
 
 JOBS_FILE = "jobs.json"
@@ -34,9 +34,9 @@ def submit(ws: Path, inputs: list[Path], *, images_root: Path | None = None, sch
     if shards is not None and shards < 1:
         raise UserError(f"--shards {shards}: must be at least 1")
     if tasks is not None:
-        unknown = [t for t in tasks if t not in defaults.TASKS]
+        unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
-            raise UserError(f"--tasks {','.join(tasks)}: choose among {', '.join(defaults.TASKS)}")
+            raise UserError(f"--tasks {','.join(tasks)}: choose among {', '.join(TASKS)}")
     # Jobs start elsewhere, in another folder: every path they see must be absolute.
     inputs = [Path(p).expanduser().resolve() for p in inputs]
     for path in inputs:

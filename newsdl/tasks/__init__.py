@@ -1,14 +1,21 @@
-"""Task heads: geolocation, source and popularity, and the image-and-text tasks caption and
-illustrate (newsdl.tasks.caption, newsdl.tasks.illustrate) (`newsdl train / evaluate / predict`).
+"""The tasks: geolocation, source, popularity (per article), caption and illustrate (per image),
+trained, evaluated and used by `newsdl train / evaluate / predict TASK`.
+
+Each task is one module holding one `newsdl.tasks.task.Task` subclass, instantiated as ``TASK``
+and named in REGISTRY. The drivers (train.py, evaluate.py, predict.py) and the one training loop
+(loop.py) read only that shape, so adding a sixth task is:
+
+1. a module ``newsdl/tasks/NAME.py`` with ``class Name(Task)`` (or ``ArticleTask``, which brings
+   the article features, the split and the linear start of articles.py) that sets the settings'
+   defaults and implements load, build, losses, evaluate and predict (validate and save when it
+   has val values beyond its losses or fitted files), and ``TASK = Name()``;
+2. one line in REGISTRY below.
 
 The Python API, for `newsdl demo`, HPC jobs and scripts:
-
-- ``train_task(ws, task, *, features=None, force=False, head=None, epochs=None, batch_size=None,
-  lr=None, seed=None, patience=None) -> dict``: train (or resume, or skip when up to date);
-- ``evaluate_task(ws, task, *, force=False) -> dict``: metrics.json's content (model and baselines);
-- ``predict_task(ws, task, input_path, *, out=None, images_root=None) -> dict``;
-- ``format_table(metrics) -> str``: the comparison table `newsdl evaluate` prints;
-- ``TASKS``: the task names.
+- ``train_task(ws, task, *, features=None, force=False, **settings) -> dict``;
+- ``evaluate_task(ws, task, *, force=False, **options) -> dict``: metrics.json's content;
+- ``predict_task(ws, task, input_path, *, out=None, images_root=None, **options) -> dict``;
+- ``format_table(metrics) -> str``; ``get(name) -> Task``; ``TASKS``: the names.
 
 Attributes load on first use: importing this package costs neither TensorFlow's nor sklearn's
 import time.
@@ -18,7 +25,16 @@ from __future__ import annotations
 
 import importlib
 
-from newsdl.defaults import TASKS
+from newsdl.errors import UserError
+
+REGISTRY = {
+    "geoloc": "newsdl.tasks.geoloc",
+    "source": "newsdl.tasks.source",
+    "popularity": "newsdl.tasks.popularity",
+    "caption": "newsdl.tasks.caption",
+    "illustrate": "newsdl.tasks.illustrate",
+}
+TASKS = tuple(REGISTRY)
 
 _EXPORTS = {
     "train_task": "newsdl.tasks.train",
@@ -26,7 +42,14 @@ _EXPORTS = {
     "format_table": "newsdl.tasks.evaluate",
     "predict_task": "newsdl.tasks.predict",
 }
-__all__ = ["TASKS", *_EXPORTS]
+__all__ = ["TASKS", "REGISTRY", "get", *_EXPORTS]
+
+
+def get(name: str):
+    """The Task named ``name`` (UserError for an unknown name)."""
+    if name not in REGISTRY:
+        raise UserError(f"TASK {name!r}: unknown; choose one of {', '.join(TASKS)}")
+    return importlib.import_module(REGISTRY[name]).TASK
 
 
 def __getattr__(name: str):

@@ -29,15 +29,12 @@ def dense_features(inputs: dict, features, train_rows) -> np.ndarray | None:
 def tfidf(corpus, features, fitted, train_rows):
     """The TF-IDF matrix of every article: the model's own (fitted on train) when it reads the bag
     of words, else one fitted on train here with the same settings."""
+    from newsdl.tasks.articles import bow_matrix
     from newsdl.tasks.data import fit_bow, words
-    from newsdl.tasks.prepare import bow_matrix
 
     if "bow" not in fitted:
         tokens = words(corpus)
-        fitted = {**fitted, "bow": fit_bow([tokens[i] for i in train_rows])}
-        key = ("bow", id(fitted["bow"]))
-        corpus.cache[key] = fitted["bow"].transform(tokens).tocsr()
-        return corpus.cache.pop(key)
+        return fit_bow([tokens[i] for i in train_rows]).transform(tokens).tocsr()
     return bow_matrix(corpus, fitted)
 
 

@@ -1,16 +1,11 @@
-"""`newsdl train|evaluate|predict caption`: generate an image's caption from its FC7 (and, with
-``--context article``, its article's word2vec mean) with a Show-and-Tell LSTM decoder.
+"""caption: generate an image's caption from its FC7 (and, with ``--context article``, its
+article's word2vec mean) with a Show-and-Tell LSTM decoder (caption_model.py).
 
-Layout of DIR/models/caption/:
-  model.keras   the teacher-forcing model (the decoders are rebuilt from its layers)
-  vocab.json    the caption vocabulary: <pad>, <unk>, <start>, <end>, then words by frequency
-  config.json   settings, vocabulary size, word2vec hits, the val loss, a summary
-  history.csv   per-epoch losses;  run/  the training run (best.keras, backup/ while it runs)
-  metrics.json  BLEU-1, BLEU-4, METEOR, ROUGE-L, CIDEr of the model and of the baselines
-  manifest.json written last
-
-Captions are compared as the suite's tokenizer writes them (lower case, digits as '#'), for the
-model and the baselines alike, then through pycocoevalcap's PTB tokenizer and scorers.
+Files beside the model: vocab.json, the caption vocabulary (<pad>, <unk>, <start>, <end>, then
+words by frequency). The loss is each caption's mean cross-entropy over its words (teacher
+forcing; padding masked out). Captions are compared as the suite's tokenizer writes them (lower
+case, digits as '#'), for the model and the baselines alike, then through pycocoevalcap's PTB
+tokenizer and scorers.
 """
 
 from __future__ import annotations
@@ -23,20 +18,138 @@ from pathlib import Path
 import numpy as np
 
 from newsdl import defaults as td
-from newsdl import workspace
 from newsdl.errors import UserError
 from newsdl.tasks import multimodal as mm
-from newsdl.tasks.layout import CONFIG, HISTORY, MODEL, VOCAB, evaluated, write_evaluation
+from newsdl.tasks.layout import MODEL, VOCAB
+from newsdl.tasks.task import Data, split_rows
 
 log = logging.getLogger("newsdl.tasks")
-TASK = "caption"
 
 
-def _model_config() -> dict:
-    """The defaults the model is built with: part of the config, so a change retrains."""
-    return {"units": td.CAPTION_UNITS, "embed": td.CAPTION_EMBED, "dropout": td.CAPTION_DROPOUT, "l2": td.CAPTION_L2,
-            "max_len": td.CAPTION_MAX_LEN, "min_count": td.CAPTION_MIN_COUNT, "vocab_max": td.CAPTION_VOCAB_MAX,
-            "length_alpha": td.CAPTION_LENGTH_ALPHA}
+class Caption(mm.ImageTask):
+    name = "caption"
+    epochs, batch_size, clipnorm = td.CAPTION_EPOCHS, td.CAPTION_BATCH, td.CAPTION_CLIPNORM
+    options = {"context": td.CAPTION_CONTEXT, "beam": td.CAPTION_BEAM}
+    eval_options = ("beam",)
+    files = (VOCAB,)
+    metric_keys = ("bleu1", "bleu4", "meteor", "rouge_l", "cider")
+    main_metric, higher_is_better = "cider", True
+
+    def check_option(self, name, value):
+        if name == "context" and value not in ("none", "article"):
+            raise UserError(f"--context {value}: choose none or article")
+        if name == "beam" and not 1 <= int(value) <= 50:
+            raise UserError(f"--beam {value}: must be between 1 (greedy) and 50")
+        return int(value) if name == "beam" else str(value)
+
+    def model_config(self):
+        return {"model": {"units": td.CAPTION_UNITS, "embed": td.CAPTION_EMBED, "dropout": td.CAPTION_DROPOUT,
+                          "l2": td.CAPTION_L2, "max_len": td.CAPTION_MAX_LEN, "min_count": td.CAPTION_MIN_COUNT,
+                          "vocab_max": td.CAPTION_VOCAB_MAX, "length_alpha": td.CAPTION_LENGTH_ALPHA}}
+
+    def heads(self, s):
+        return [f"lstm-{td.CAPTION_UNITS}"]
+
+    def load(self, ws, s):
+        from newsdl.tasks import caption_model as cm
+
+        images, tokens, rows = _data(ws, s["seed"])
+        vocab = cm.Vocabulary.build([tokens[i] for i in rows["train"]])
+        # Sequences as long as the longest training caption (at most CAPTION_MAX_LEN): an LSTM step
+        # costs the same on padding, and short news-caption corpora would pay for 30 steps otherwise.
+        max_len = min(td.CAPTION_MAX_LEN, max(len(tokens[i]) for i in rows["train"]))
+        words_in, words_out = cm.sequences(tokens, vocab, max_len)
+        kv = None
+        if (ws / "features" / "word2vec.kv").is_file():
+            from newsdl.features.vectors import read_vectors
+
+            kv = read_vectors(ws / "features" / "word2vec.kv")
+        dim = td.CAPTION_EMBED if kv is None else min(td.CAPTION_EMBED, kv.vector_size)
+        embedding, found = cm.embedding_init(vocab, kv, dim, s["seed"])
+        log.info("caption: vocabulary %d words (%d from word2vec); context %s", len(vocab), found, s["context"])
+        x = {**_inputs(images, s["context"]), "words": words_in}
+        return Data(x, {"words": words_out}, rows, fitted={"vocab": vocab, "embedding": embedding, "max_len": max_len},
+                    record={"fc7_dim": int(images.fc7.shape[1]), "vocabulary": len(vocab), "word2vec_hits": found,
+                            "max_len": max_len, "embedding_dim": int(dim)},
+                    summary={"context": s["context"], "vocabulary": len(vocab),
+                             "features": ["fc7"] + (["w2v_mean"] if s["context"] == "article" else [])})
+
+    def build(self, data, s, head):
+        from newsdl.tasks import caption_model as cm
+
+        tr = data.rows["train"]
+        return cm.build(len(data.fitted["vocab"]), data.x["fc7"][tr],
+                        data.x["context"][tr] if "context" in data.x else None,
+                        embedding=data.fitted["embedding"], max_len=data.fitted["max_len"])
+
+    def losses(self, y, pred, batch):
+        import keras
+        import tensorflow as tf
+
+        from newsdl.tasks.caption_model import PAD_ID
+
+        ce = keras.losses.sparse_categorical_crossentropy(y["words"], pred["words"], from_logits=True)
+        mask = tf.cast(tf.not_equal(y["words"], PAD_ID), tf.float32)
+        return {"loss": tf.reduce_sum(ce * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)}
+
+    def save(self, folder, data):
+        from newsdl.workspace import write_json
+
+        write_json(folder / VOCAB, data.fitted["vocab"].to_json())
+        return [VOCAB]
+
+    def restore(self, folder, config, ws):
+        from newsdl.tasks.caption_model import Vocabulary
+
+        return {**config.get("fitted", {}), "vocab": Vocabulary.load(folder / VOCAB)}
+
+    def evaluate(self, ws, saved, beam):
+        """Caption the test images with the model and the baselines."""
+        from newsdl.tasks import caption_model as cm
+        from newsdl.tasks.caption_metrics import caption_scores
+
+        vocab = saved.fitted["vocab"]
+        images, tokens, rows = _data(ws, saved.config["seed"])
+        test, train = rows["test"], rows["train"]
+        if len(test) == 0:
+            raise UserError(f"{ws / 'ingest' / 'images.parquet'}: no captioned image in the test split (field "
+                            f"'split' of their articles), nothing to evaluate caption on")
+        _check_dim(saved, images.fc7.shape[1])
+        x = _inputs(images, saved.config["context"])
+        decoder = cm.Decoder(self.load_model(saved.folder / MODEL))
+        t1 = time.monotonic()
+        ids, _, _ = cm.decode_batches(decoder, x["fc7"][test], x["context"][test] if "context" in x else None,
+                                      beam=beam, progress="caption: decoding test images")
+        decode_s = time.monotonic() - t1
+        text = [" ".join(t) for t in tokens]
+        systems = {"model": [vocab.decode(i, unk=False) for i in ids],
+                   "nearest_neighbour": nearest_captions(images.fc7[train], [text[i] for i in train],
+                                                         images.fc7[test]),
+                   "most_frequent": [most_frequent_caption([text[i] for i in train])] * len(test)}
+        result = {"n_train": len(train), "n_test": len(test), "n_val": len(rows["val"]),
+                  "scores": caption_scores([[text[i]] for i in test], systems),
+                  "model": {"context": saved.config["context"],
+                            "captions_per_s": round(len(test) / max(decode_s, 1e-9), 1)},
+                  "examples": [{"image_id": str(images.image_id[i]), "reference": text[i],
+                                "model": systems["model"][j], "nearest_neighbour": systems["nearest_neighbour"][j]}
+                               for j, i in enumerate(test[:td.CAPTION_EXAMPLES])]}
+        return result, []
+
+    def predict(self, ws, saved, table, root, source, beam):
+        """Caption every usable image of the articles; one record per image."""
+        from newsdl.tasks import caption_model as cm
+
+        new, rejects = mm.featurize_new(ws, table, root, source, int(saved.config["fitted"]["fc7_dim"]))
+        vocab, records = saved.fitted["vocab"], []
+        if len(new.path):
+            decoder = cm.Decoder(self.load_model(saved.folder / MODEL))
+            ctx = new.text["w2v_mean"] if saved.config["context"] == "article" else None
+            ids, logprob, length = cm.decode_batches(decoder, new.fc7, ctx, beam=beam, progress="caption: predicting")
+            records = [{"id": str(a), "image": p, "caption": vocab.decode(i), "logprob": round(float(lp), 4),
+                        "words": int(n)} for a, p, i, lp, n in zip(new.article_id, new.path, ids, logprob, length)]
+        else:
+            log.warning("%s: no usable image in the input, nothing to caption", source)
+        return records, rejects, (len(records), "images")
 
 
 def _data(ws: Path, seed: int):
@@ -46,8 +159,7 @@ def _data(ws: Path, seed: int):
     images = mm.load_images(ws)
     tokens = [caption_tokens(c) for c in images.caption]
     has = np.array([len(t) > 0 for t in tokens], bool)
-    rows = {s: images.rows(s, has) for s in ("train", "val", "test")}
-    return images, tokens, mm.split_or_hold_out(images, rows, seed)
+    return images, tokens, split_rows(images.split, has, seed, groups=images.article_id, unit="images")
 
 
 def _inputs(images, context: str) -> dict:
@@ -57,73 +169,11 @@ def _inputs(images, context: str) -> dict:
     return x
 
 
-def train(ws: Path, *, force: bool = False, **options) -> dict:
-    """Train the caption model in ``ws``; return a summary. Up to date: returns at once."""
-    from newsdl.tasks.data import upstream
-
-    ws = Path(ws)
-    s = mm.settings(TASK, **options)
-    folder = ws / "models" / TASK
-    config = {"task": TASK, **s, "model": _model_config()}
-    inputs_meta = upstream(ws)
-    skipped = mm.up_to_date(folder, inputs_meta, config, force)
-    if skipped is not None:
-        return skipped
-    started, t0 = mm.start_training(folder, force)
-
-    from newsdl.tasks import caption_model as cm
-    from newsdl.tasks.data import dataset
-
-    images, tokens, rows = _data(ws, s["seed"])
-    vocab = cm.Vocabulary.build([tokens[i] for i in rows["train"]])
-    # Sequences as long as the longest training caption (at most CAPTION_MAX_LEN): an LSTM step
-    # costs the same on padding, and short news-caption corpora would pay for 30 steps otherwise.
-    max_len = min(td.CAPTION_MAX_LEN, max(len(tokens[i]) for i in rows["train"]))
-    words_in, words_out = cm.sequences(tokens, vocab, max_len)
-    kv_path = ws / "features" / "word2vec.kv"
-    kv = None
-    if kv_path.is_file():
-        from newsdl.features.vectors import read_vectors
-
-        kv = read_vectors(kv_path)
-    dim = td.CAPTION_EMBED if kv is None else min(td.CAPTION_EMBED, kv.vector_size)
-    embedding, found = cm.embedding_init(vocab, kv, dim, s["seed"])
-    log.info("caption: %d train, %d val images; vocabulary %d words (%d from word2vec); context %s",
-             len(rows["train"]), len(rows["val"]), len(vocab), found, s["context"])
-
-    mm.set_determinism(s["seed"])
-    x = {**_inputs(images, s["context"]), "words": words_in}
-    weight = (words_out != cm.PAD_ID).astype(np.float32)
-    model = cm.build(len(vocab), images.fc7[rows["train"]],
-                     x["context"][rows["train"]] if "context" in x else None, embedding=embedding,
-                     max_len=max_len)
-    cm.compile_model(model, s["lr"])
-    steps = int(np.ceil(len(rows["train"]) / s["batch_size"]))
-    val_rows = rows["val"] if len(rows["val"]) else rows["train"][:1]
-    val_ds = dataset(x, words_out, val_rows, s["batch_size"], sample_weight=weight)
-    identity = {"config": config, "inputs": [i["sha256"] for i in inputs_meta]}
-    done = mm.fit(model, lambda first: dataset(x, words_out, rows["train"], s["batch_size"], seed=s["seed"],
-                                               sample_weight=weight, epochs=(first, s["epochs"])),
-                  val_ds, folder=folder, name="caption", s=s, steps=steps, n_train=len(rows["train"]),
-                  monitor="val_loss", mode="min", identity=identity)
-
-    workspace.write_json(folder / VOCAB, vocab.to_json())
-    mm.publish(folder, {MODEL: folder / "run" / "best.keras", HISTORY: folder / "run" / "history.csv"})
-    summary = {"task": TASK, "folder": str(folder), "head": f"lstm-{td.CAPTION_UNITS}", "context": s["context"],
-               "features": ["fc7"] + (["w2v_mean"] if s["context"] == "article" else []),
-               "n_train": int(len(rows["train"])), "n_val": int(len(rows["val"])), "vocabulary": len(vocab),
-               "val_score": done["val_best"], "best_epoch": done["best_epoch"], "epochs_run": done["epochs_run"],
-               "seconds": round(time.monotonic() - t0, 1)}
-    workspace.write_json(folder / CONFIG, {**config, "fitted": {"fc7_dim": int(images.fc7.shape[1]),
-                                                                   "vocabulary": len(vocab),
-                                                                   "word2vec_hits": found, "max_len": max_len,
-                                                                   "embedding_dim": int(dim)},
-                                              "summary": summary})
-    workspace.write_manifest(folder, "train", inputs=inputs_meta, config=config,
-                             counts={"train": summary["n_train"], "val": summary["n_val"]},
-                             outputs=[MODEL, CONFIG, HISTORY, VOCAB], started=started,
-                             extra={"task": TASK})
-    return summary
+def _check_dim(saved, dim: int) -> None:
+    want = saved.config.get("fitted", {}).get("fc7_dim")
+    if want is not None and int(want) != int(dim):
+        raise UserError(f"{saved.folder / 'config.json'}: field 'fitted.fc7_dim' is {want}, the workspace's image "
+                        f"features have {dim} values; retrain with `newsdl train caption --force`")
 
 
 # ------------------------------------------------------------------ baselines
@@ -151,100 +201,4 @@ def most_frequent_caption(captions: list[str]) -> str:
     return min(counts, key=lambda c: (-counts[c], c))
 
 
-# ------------------------------------------------------------------ evaluate
-
-def evaluate(ws: Path, *, force: bool = False, beam: int | None = None) -> dict:
-    """Caption the test images with the model and the baselines; write and return metrics.json."""
-    from newsdl.tasks import metrics as M
-    from newsdl.tasks.caption_metrics import caption_scores
-    from newsdl.tasks.data import upstream
-
-    ws = Path(ws)
-    folder, config = mm.read_saved(ws, TASK, (VOCAB,))
-    beam = mm.check_beam(config.get("beam", td.CAPTION_BEAM) if beam is None else beam)
-    inputs_meta = upstream(ws)
-    key = {"model_sha256": workspace.sha256_file(folder / MODEL), "beam": beam}
-    stored = evaluated(folder, inputs_meta, key, force)
-    if stored is not None:
-        return stored
-    t0, started = time.monotonic(), workspace.now()
-
-    from newsdl.tasks import caption_model as cm
-    from newsdl.tasks.models import load
-
-    vocab = cm.Vocabulary.load(folder / VOCAB)
-    images, tokens, rows = _data(ws, config["seed"])
-    test, train = rows["test"], rows["train"]
-    if len(test) == 0:
-        raise UserError(f"{ws / 'ingest' / 'images.parquet'}: no captioned image in the test split (field "
-                        f"'split' of their articles), nothing to evaluate caption on")
-    _check_dim(folder, config, images.fc7.shape[1])
-    x = _inputs(images, config["context"])
-    decoder = cm.Decoder(load(folder / MODEL))
-    t1 = time.monotonic()
-    ids, _, _ = cm.decode_batches(decoder, x["fc7"][test], x["context"][test] if "context" in x else None,
-                                  beam=beam, progress="caption: decoding test images")
-    decode_s = time.monotonic() - t1
-    text = [" ".join(t) for t in tokens]
-    systems = {"model": [vocab.decode(i, unk=False) for i in ids],
-               "nearest_neighbour": nearest_captions(images.fc7[train], [text[i] for i in train], images.fc7[test]),
-               "most_frequent": [most_frequent_caption([text[i] for i in train])] * len(test)}
-    refs = [[text[i]] for i in test]
-    scores = caption_scores(refs, systems)
-    model_scores = scores.pop("model")
-    metrics = {
-        "task": TASK,
-        "n_train": int(len(train)),
-        "n_test": int(len(test)),
-        "test": model_scores,
-        "baselines": scores,
-        "main_metric": M.MAIN[TASK][0],
-        "beats_every_baseline": all(M.beats(TASK, model_scores, b) for b in scores.values()),
-        "model": {"head": f"lstm-{td.CAPTION_UNITS}", "context": config["context"], "beam": beam,
-                  "best_epoch": config.get("summary", {}).get("best_epoch"), "n_val": int(len(rows["val"])),
-                  "captions_per_s": round(len(test) / max(decode_s, 1e-9), 1)},
-        "examples": [{"image_id": str(images.image_id[i]), "reference": text[i], "model": systems["model"][j],
-                      "nearest_neighbour": systems["nearest_neighbour"][j]}
-                     for j, i in enumerate(test[:td.CAPTION_EXAMPLES])],
-    }
-    write_evaluation(folder, metrics, [], inputs_meta, key, started, time.monotonic() - t0)
-    return metrics
-
-
-def _check_dim(folder: Path, config: dict, dim: int) -> None:
-    want = config.get("fitted", {}).get("fc7_dim")
-    if want is not None and int(want) != int(dim):
-        raise UserError(f"{folder / CONFIG}: field 'fitted.fc7_dim' is {want}, the workspace's image features "
-                        f"have {dim} values; retrain with `newsdl train caption --force`")
-
-
-# ------------------------------------------------------------------ predict
-
-def predict(ws: Path, input_path: Path, *, out: Path | None = None, images_root: Path | None = None,
-            beam: int | None = None) -> dict:
-    """Caption every usable image of the articles of INPUT; one JSON record per image."""
-    from newsdl.tasks.predict import write_predictions, default_out, predict_summary
-
-    ws, input_path = Path(ws), Path(input_path).expanduser()
-    folder, config = mm.read_saved(ws, TASK, (VOCAB,))
-    beam = mm.check_beam(config.get("beam", td.CAPTION_BEAM) if beam is None else beam)
-    out = Path(out).expanduser() if out else default_out(ws, TASK, input_path)
-    if out.suffix not in (".jsonl", ".parquet"):
-        raise UserError(f"--out {out}: expected a .jsonl or .parquet file name")
-    new, rejects, rejected_file = mm.featurize_new(ws, input_path, images_root, out,
-                                                   int(config["fitted"]["fc7_dim"]))
-    from newsdl.tasks import caption_model as cm
-    from newsdl.tasks.models import load
-
-    vocab = cm.Vocabulary.load(folder / VOCAB)
-    records = []
-    if len(new.path):
-        decoder = cm.Decoder(load(folder / MODEL))
-        ctx = new.text["w2v_mean"] if config["context"] == "article" else None
-        ids, logprob, length = cm.decode_batches(decoder, new.fc7, ctx, beam=beam, progress="caption: predicting")
-        records = [{"id": str(a), "image": p, "caption": vocab.decode(i), "logprob": round(float(lp), 4),
-                    "words": int(n)} for a, p, i, lp, n in zip(new.article_id, new.path, ids, logprob, length)]
-    else:
-        log.warning("%s: no usable image in the input, nothing to caption", input_path)
-    write_predictions(out, records)
-    return {**predict_summary(out, len(records), rejects, rejected_file), "unit": "images"}
+TASK = Caption()

@@ -132,7 +132,8 @@ def embedding_init(vocab: Vocabulary, kv, dim: int, seed: int) -> tuple[np.ndarr
 def build(vocab_size: int, fc7_train: np.ndarray, context_train: np.ndarray | None, *, embedding: np.ndarray,
           units: int = td.CAPTION_UNITS, dropout: float = td.CAPTION_DROPOUT, l2: float = td.CAPTION_L2,
           max_len: int = td.CAPTION_MAX_LEN):
-    """The teacher-forcing model: inputs fc7, [context], words -> logits [batch, max_len + 1, vocab]."""
+    """The teacher-forcing model: inputs fc7, [context], words -> {"words": logits [batch, max_len + 1,
+    vocab]}."""
     import keras
     from keras import layers
 
@@ -161,15 +162,7 @@ def build(vocab_size: int, fc7_train: np.ndarray, context_train: np.ndarray | No
                             name="decoder")(emb, initial_state=[h0, c0])
     seq = layers.Dropout(dropout, name="decoder_dropout")(seq)
     logits = layers.Dense(vocab_size, kernel_regularizer=reg, name="next_word")(seq)
-    return keras.Model([*inputs, words], logits, name="caption")
-
-
-def compile_model(model, lr) -> None:
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=td.CAPTION_CLIPNORM),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=[], jit_compile=False)
+    return keras.Model([*inputs, words], {"words": logits}, name="caption")
 
 
 class Decoder:
@@ -306,23 +299,6 @@ class Decoder:
         use_greedy = g_lp / np.maximum(g_len, 1) ** alpha > norm[np.arange(n), best]
         return (np.where(use_greedy[:, None], g_ids, b_ids), np.where(use_greedy, g_lp, b_lp),
                 np.where(use_greedy, g_len, b_len))
-
-    def sequence_logprob(self, fc7, context, ids) -> np.ndarray:
-        """Log-probability of given word sequences (up to and including <end>), by teacher forcing
-        one step at a time: an independent check on the decoders' scores."""
-        h, c = self.encode(fc7, context)
-        n, steps = ids.shape
-        total = np.zeros(n)
-        live = np.ones(n, bool)
-        word = np.full(n, START_ID, np.int32)
-        for t in range(steps):
-            logp, h, c = self.step(word, h, c)
-            nxt = ids[:, t]
-            live &= nxt != PAD_ID
-            total[live] += logp[np.arange(n), nxt][live]
-            live &= nxt != END_ID
-            word = np.where(nxt == PAD_ID, END_ID, nxt).astype(np.int32)
-        return total
 
 
 def decode_batches(decoder: Decoder, fc7, context=None, *, beam: int, batch: int = td.CAPTION_DECODE_BATCH,

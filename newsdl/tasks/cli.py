@@ -10,16 +10,17 @@ from typing import Optional
 
 import typer
 
-from newsdl.errors import UserError
 from newsdl import defaults as td
+from newsdl.errors import UserError
+from newsdl.tasks import TASKS
 
-_TASK_HELP = f"Task: {', '.join(td.TASKS)}"
+_TASK_HELP = f"Task: {', '.join(TASKS)}"
 _WS_HELP = "Workspace folder [default: $NEWSDL_WORKSPACE or ./newsdl-work]"
 
 
 def _task(value: str) -> str:
-    if value not in td.TASKS:
-        raise UserError(f"TASK {value!r}: unknown; this version trains {', '.join(td.TASKS)}")
+    if value not in TASKS:
+        raise UserError(f"TASK {value!r}: unknown; this version trains {', '.join(TASKS)}")
     return value
 
 
@@ -60,29 +61,18 @@ def train(
                                     "job step (`srun -n N ...`); tf_config: the workers that $TF_CONFIG names"),
 ) -> None:
     """Train a task's model on WORKSPACE's features into WORKSPACE/models/TASK/."""
-    if distributed != "none":
-        from newsdl.tasks.distributed import check_environment
+    from newsdl.tasks.train import train_task
 
-        check_environment(distributed)  # a usage mistake exits 2 before TensorFlow loads
-    if distributed != "none":
-        import functools
-
-        from newsdl.tasks.distributed import train_distributed
-
-        run = functools.partial(train_distributed, mode=distributed)
-    else:
-        from newsdl.tasks.train import train_task as run
-
-    s = run(_ws(workspace), _task(task), features=features, force=force, head=head, epochs=epochs,
-            batch_size=batch_size, lr=lr, seed=seed, patience=patience,
-            **({k: v for k, v in (("context", context), ("beam", beam)) if v is not None}))
+    s = train_task(_ws(workspace), _task(task), features=features, force=force, distributed=distributed,
+                   head=head, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=patience,
+                   context=context, beam=beam)
     if s.get("chief") is False:
         typer.echo(f"train {task}: worker done ({s.get('workers', '?')} workers); the chief writes the model")
         return
     state = "up to date, nothing done" if s.get("skipped") else "done"
     typer.echo(f"train {task} {state}: head {s.get('head')}, features {','.join(s.get('features', []))}; "
-               f"{s.get('n_train')} train / {s.get('n_val')} val articles; best epoch {s.get('best_epoch')} of "
-               f"{s.get('epochs_run')}; {s.get('seconds')} s -> {s.get('folder')}")
+               f"{s.get('n_train')} train / {s.get('n_val')} val; best {s.get('monitor')} {s.get('val_best')} at "
+               f"epoch {s.get('best_epoch')} of {s.get('epochs_run')}; {s.get('seconds')} s -> {s.get('folder')}")
 
 
 def evaluate(
@@ -96,7 +86,7 @@ def evaluate(
     from newsdl.tasks.evaluate import evaluate_task, format_table
 
     ws = _ws(workspace)
-    metrics = evaluate_task(ws, _task(task), force=force, **({"beam": beam} if beam is not None else {}))
+    metrics = evaluate_task(ws, _task(task), force=force, beam=beam)
     typer.echo(format_table(metrics))
     typer.echo(f"-> {ws / 'models' / task / 'metrics.json'}")
 
@@ -115,8 +105,7 @@ def predict(
     """Predict TASK for new articles with the trained model (validated and featurized as the corpus was)."""
     from newsdl.tasks.predict import predict_task
 
-    r = predict_task(_ws(workspace), _task(task), input, out=out, images_root=images_root,
-                     **({"beam": beam} if beam is not None else {}))
+    r = predict_task(_ws(workspace), _task(task), input, out=out, images_root=images_root, beam=beam)
     rejected = f"; rejected {r['rejected']} records, {r['images_rejected']} images: {r['rejected_file']}" \
         if r["rejected_file"] else ""
     typer.echo(f"predict {task}: {r['predicted']} {r.get('unit', 'articles')} -> {r['out']}{rejected}")

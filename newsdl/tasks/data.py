@@ -26,6 +26,7 @@ log = logging.getLogger("newsdl.tasks")
 # Token ids in features/text.parquet: 0 pads, 1 is a word outside the vocabulary, and id k >= 2 is
 # row k - 2 of word2vec.kv (see embedding_matrix).
 PAD_ID, OOV_ID, FIRST_WORD_ID = 0, 1, 2
+_LAST: dict = {}  # the corpus load_corpus read last, with its key
 
 
 @dataclass
@@ -35,11 +36,10 @@ class Corpus:
     ids: np.ndarray  # str
     split: np.ndarray  # "train" | "val" | "test"
     texts: list[str]  # title + body, what every text feature is made from
-    source: np.ndarray  # object: str or None
-    lat: np.ndarray  # float64, NaN when unknown
-    lon: np.ndarray
-    comments: np.ndarray  # float64, NaN when unknown
-    shares: np.ndarray
+    # Every other field of the articles (source, lat, lon, comments, shares, published, ...), read as
+    # corpus.NAME: numbers as float64 (NaN when unknown), the rest as objects (None when unknown).
+    # A task finds its labels here, whichever fields they are.
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # w2v_mean, w2v_max, tokens, fc7, fc7_mask
     available: tuple[str, ...] = ()  # feature families this corpus can provide
     words: list[list[str]] | None = None  # tokens of each text, once computed (see words())
@@ -48,11 +48,16 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getattr__(self, name: str) -> np.ndarray:
+        labels = self.__dict__.get("labels", {})
+        if name in labels:
+            return labels[name]
+        raise AttributeError(f"the articles have no field {name!r}")
+
     def take(self, rows: np.ndarray) -> "Corpus":
-        return Corpus(self.ids[rows], self.split[rows], [self.texts[i] for i in rows], self.source[rows],
-                      self.lat[rows], self.lon[rows], self.comments[rows], self.shares[rows],
-                      {k: v[rows] for k, v in self.arrays.items()}, self.available,
-                      None if self.words is None else [self.words[i] for i in rows])
+        return Corpus(self.ids[rows], self.split[rows], [self.texts[i] for i in rows],
+                      {k: v[rows] for k, v in self.labels.items()}, {k: v[rows] for k, v in self.arrays.items()},
+                      self.available, None if self.words is None else [self.words[i] for i in rows])
 
 
 def article_texts(titles, bodies) -> list[str]:
@@ -63,26 +68,24 @@ def article_texts(titles, bodies) -> list[str]:
 
 def corpus_from_articles(table) -> Corpus:
     """A Corpus from an ingest-shaped articles table (pyarrow), without feature arrays yet."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     def col(name):
-        if name in table.column_names:
-            return np.asarray(table.column(name).to_pylist(), dtype=object)
-        return np.full(table.num_rows, None, dtype=object)
-
-    def floats(name):
-        if name not in table.column_names:
-            return np.full(table.num_rows, np.nan)
-        return pc.cast(table.column(name), "float64").to_numpy(zero_copy_only=False).astype(float)
+        column = table.column(name)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            return pc.cast(column, "float64").to_numpy(zero_copy_only=False).astype(float)
+        return np.asarray(column.to_pylist(), dtype=object)
 
     split = col("split")
     split[split == None] = "test"  # noqa: E711
-    return Corpus(col("id").astype(str), split.astype(str), article_texts(col("title"), col("text")),
-                  col("source"), floats("lat"), floats("lon"), floats("comments"), floats("shares"),
+    labels = {name: col(name) for name in table.column_names
+              if name not in ("id", "split", "title", "text") and not pa.types.is_list(table.schema.field(name).type)}
+    return Corpus(col("id").astype(str), split.astype(str), article_texts(col("title"), col("text")), labels,
                   {}, ("bow", "gaz"))
 
 
-def _manifest_digest(manifest: dict) -> str:
+def stage_digest(manifest: dict) -> str:
     """A digest of what a finished stage produced: its manifest's outputs (name, hash, size)."""
     import hashlib
 
@@ -101,7 +104,7 @@ def upstream(ws: Path) -> list[dict]:
     for stage in ("ingest", "features"):
         manifest = read_manifest(ws / stage)
         if manifest is not None:
-            entries.append({"path": str(ws / stage / "manifest.json"), "sha256": _manifest_digest(manifest)})
+            entries.append({"path": str(ws / stage / "manifest.json"), "sha256": stage_digest(manifest)})
     return entries
 
 
@@ -140,26 +143,31 @@ def load_corpus(ws: Path) -> Corpus:
     from newsdl import workspace
 
     ingest = workspace.require_stage(ws / "ingest", f"run `newsdl ingest INPUT -w {ws}` first")
+    fresh = _fresh_features(ws, ingest)
+    # Settings, training and evaluation of one process read the same corpus: read it once.
+    key = (str(Path(ws).resolve()), stage_digest(ingest), fresh and stage_digest(fresh))
+    if _LAST.get("key") == key:
+        return _LAST["corpus"]
     articles_path = ws / "ingest" / "articles.parquet"
-    table = pq.read_table(articles_path, columns=["id", "split", "title", "text", "source", "lat", "lon",
-                                                  "comments", "shares"])
+    scalar = [f.name for f in pq.read_schema(articles_path) if not str(f.type).startswith("list")]
+    table = pq.read_table(articles_path, columns=scalar)
     corpus = corpus_from_articles(table)
     features = ws / "features"
     available = ["bow", "gaz"]
-    if _fresh_features(ws, ingest) is not None:
+    if fresh is not None:
         text_path = features / "text.parquet"
         if text_path.is_file():
             corpus.arrays.update(_text_arrays(text_path, corpus.ids))
             available += [f for f in ("w2v_mean", "w2v_max") if f in corpus.arrays]
             if "tokens" in corpus.arrays and (features / "word2vec.kv").is_file():
                 available.append("tokens")
-        parts = sorted((features / "images").glob("part-*.parquet"))
-        if parts:
-            fc7, mask = _image_arrays(parts, corpus.ids)
-            if fc7 is not None:
-                corpus.arrays["fc7"], corpus.arrays["fc7_mask"] = fc7, mask
-                available.append("fc7")
+        _, owner, fc7 = read_fc7(sorted((features / "images").glob("part-*.parquet")))
+        rows = positions_of(corpus.ids, owner)
+        if (rows >= 0).any():
+            corpus.arrays["fc7"], corpus.arrays["fc7_mask"] = pool(rows[rows >= 0], fc7[rows >= 0], len(corpus))
+            available.append("fc7")
     corpus.available = tuple(f for f in td.FEATURES if f in available)
+    _LAST.update(key=key, corpus=corpus)
     return corpus
 
 
@@ -236,33 +244,36 @@ def _pad_tokens(column, rows: np.ndarray, n: int, length: int = td.CNN_TOKENS) -
     return out
 
 
-def _image_arrays(parts: list[Path], ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """fc7 mean-pooled over each article's images, and a mask: 1 where an article has any."""
+def read_fc7(parts: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image_id, article_id, [n, d] FC7) of every featurized image in the features' parts."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    sums, counts = None, np.zeros(len(ids), np.float32)
+    ids, articles, vecs = [], [], []
     for part in parts:
-        table = pq.read_table(part, columns=["article_id", "fc7"])
+        table = pq.read_table(part, columns=["image_id", "article_id", "fc7"])
         table = table.filter(pc.is_valid(table.column("fc7")))
         if table.num_rows == 0:
             continue
-        m = column_matrix(table.column("fc7"))
-        if m.shape[1] == 0:
-            continue
-        rows = positions_of(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
-        keep = rows >= 0
-        if sums is None:
-            sums = np.zeros((len(ids), m.shape[1]), np.float32)
-        elif sums.shape[1] != m.shape[1]:
-            raise UserError(f"{part}: field 'fc7' has {m.shape[1]} values, other parts {sums.shape[1]}; "
+        vecs.append(column_matrix(table.column("fc7")))
+        if vecs[-1].shape[1] != vecs[0].shape[1]:
+            raise UserError(f"{part}: field 'fc7' has {vecs[-1].shape[1]} values, other parts {vecs[0].shape[1]}; "
                             f"rerun `newsdl featurize --force`")
-        np.add.at(sums, rows[keep], m[keep])
-        np.add.at(counts, rows[keep], 1.0)
-    if sums is None:
-        return None, None
-    mask = (counts > 0).astype(np.float32)
-    return sums / np.maximum(counts, 1.0)[:, None], mask[:, None]
+        ids.append(table.column("image_id").to_numpy(zero_copy_only=False).astype(str))
+        articles.append(table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
+    if not vecs:
+        return np.zeros(0, str), np.zeros(0, str), np.zeros((0, 0), np.float32)
+    return np.concatenate(ids), np.concatenate(articles), np.vstack(vecs).astype(np.float32)
+
+
+def pool(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of ``values`` per row in [0, n) (an article's images' FC7), and a mask [n, 1]: 1
+    where a row has any (an article without images gets zeros, not made-up features)."""
+    sums = np.zeros((n, values.shape[1]), np.float32)
+    counts = np.zeros(n, np.float32)
+    np.add.at(sums, rows, values)
+    np.add.at(counts, rows, 1.0)
+    return sums / np.maximum(counts, 1.0)[:, None], (counts > 0).astype(np.float32)[:, None]
 
 
 # ------------------------------------------------------------------ features fitted on train

@@ -2,7 +2,7 @@
 
 Heads (``--head``):
 - regress: the paper's direct regression, as a unit 3-vector (no dateline seam), through the
-  GCD loss (newsdl.ops.GreatCircleLoss).
+  GCD loss (newsdl.ops.great_circle_distance).
 - cells: a softmax over geo-cells (k-means on the unit sphere of the training locations, one
   cell per CELL_ARTICLES training articles, so dense regions get small cells), whose
   probability-weighted centre a bounded offset refines, all trained with the GCD loss plus the
@@ -12,7 +12,7 @@ Heads (``--head``):
 With the gazetteer feature (on by default), the places most mentioned in the text are inputs
 and candidates: a softmax "trust" output, trained with cross-entropy, says which of the head's own
 point and the candidates is the story's place (a candidate within TRUST_KM of the truth), and the
-prediction is the geometric median of that distribution (models.GeoMedian): the Bayes decision
+prediction is the geometric median of that distribution (GeoMedian): the Bayes decision
 for the mean-km metric. A place with half the probability or more is predicted as is; with no
 likely place, the prediction falls back on the head's own estimate, which learned the outlets'
 and topics' geography from the same text. The gazetteer baseline cannot hedge this way.
@@ -20,22 +20,100 @@ and topics' geography from the same text. The gazetteer baseline cannot hedge th
 
 from __future__ import annotations
 
-import numpy as np
+import math
+import os
 
-from newsdl import defaults as td
-from newsdl.tasks import metrics as M
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NAME = "geoloc"
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import ops  # noqa: E402
+
+from newsdl import defaults as td  # noqa: E402
+from newsdl.tasks import metrics as M  # noqa: E402
+from newsdl.tasks.articles import ArticleTask  # noqa: E402
+from newsdl.errors import UserError  # noqa: E402
+from newsdl.tasks.models import build_trunk  # noqa: E402
+
 HEADS = ("regress", "cells")
+_EPS = 1e-7
 
 
-def labelled(corpus) -> np.ndarray:
-    return ~np.isnan(corpus.lat) & ~np.isnan(corpus.lon)
+class Geoloc(ArticleTask):
+    name = "geoloc"
+    metric_keys = ("median_km", "mean_km", *(f"acc_{km}km" for km in td.ACC_KM))
+    main_metric, higher_is_better = "mean_km", False
+    families = td.FEATURES
+    monitor, min_delta = "val_km", td.MIN_DELTA["geoloc"]
+    options = {"head": "auto"}
+    val_outputs = ("latlon",)
 
+    def check_option(self, name, value):
+        if value not in td.HEADS:
+            raise UserError(f"--head {value}: choose one of {', '.join(td.HEADS)}")
+        return value
 
-def fit(corpus, train_rows: np.ndarray, seed: int) -> dict:
-    xyz = M.to_unit(corpus.lat[train_rows], corpus.lon[train_rows])
-    return {"cells": make_cells(xyz, seed)}
+    def heads(self, s):
+        return list(HEADS) if s["head"] == "auto" else [s["head"]]
+
+    def labelled(self, corpus):
+        return ~np.isnan(corpus.lat) & ~np.isnan(corpus.lon)
+
+    def fit(self, corpus, train_rows, seed):
+        return {"cells": make_cells(M.to_unit(corpus.lat[train_rows], corpus.lon[train_rows]), seed)}
+
+    def targets(self, corpus, fitted, x):
+        """latlon, the cell (for the cells head) and, with the gazetteer, which named place is right."""
+        y = {"latlon": np.stack([corpus.lat, corpus.lon], axis=1).astype(np.float32),
+             "cell": nearest_cell(M.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon)), fitted["cells"])}
+        if "gaz_xyz" in x:
+            y["trust"] = trust_labels(corpus, x)
+        return y
+
+    def build(self, data, s, head):
+        train_x = {k: v[data.rows["train"]] for k, v in data.x.items()}
+        return build_model(s["features"], train_x, data.fitted, head)
+
+    def losses(self, y, pred, batch):
+        """The GCD in km of the head's own point (the prediction itself without the gazetteer),
+        plus CE_KM x the cross-entropy of the cells and of the trust in the named places."""
+        import tensorflow as tf
+
+        from newsdl.ops import great_circle_distance
+
+        point = "own" if "own" in pred else "latlon"
+        terms = {point: great_circle_distance(tf.cast(y["latlon"], tf.float32), tf.cast(pred[point], tf.float32))}
+        for name in ("cell", "trust"):
+            if name in pred:
+                terms[name] = keras.losses.sparse_categorical_crossentropy(y[name], pred[name])
+        loss = terms[point] + td.CE_KM * sum(v for k, v in terms.items() if k != point)
+        return {"loss": loss, **terms}
+
+    def validate(self, data, outputs):
+        va = data.rows["val"]
+        truth = data.y["latlon"][va].astype(float)
+        pred = outputs["latlon"].astype(float)
+        return {"val_km": float(np.mean(M.gcd_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])))}
+
+    def decode(self, outputs, fitted):
+        latlon = np.asarray(outputs["latlon"], float)
+        return {"lat": latlon[:, 0], "lon": latlon[:, 1]}
+
+    def score(self, corpus, pred, fitted):
+        return M.geoloc_metrics(corpus.lat, corpus.lon, pred["lat"], pred["lon"])
+
+    def baselines(self, corpus, inputs, features, rows, fitted):
+        return baselines(corpus, inputs, features, rows, fitted)
+
+    def plots(self, folder, corpus, preds, fitted):
+        from newsdl.tasks import plots
+
+        return [plots.error_cdf(folder / "error_cdf.png", corpus, preds),
+                plots.world_scatter(folder / "world.png", corpus, preds["model"])]
+
+    def records(self, ids, pred, fitted):
+        return [{"id": i, "lat": round(float(a), 5), "lon": round(float(o), 5)}
+                for i, a, o in zip(ids, pred["lat"], pred["lon"])]
 
 
 def make_cells(xyz: np.ndarray, seed: int) -> list[list[float]]:
@@ -56,18 +134,6 @@ def nearest_cell(xyz: np.ndarray, cells) -> np.ndarray:
     return np.argmax(xyz @ np.asarray(cells, float).T, axis=1).astype(np.int32)
 
 
-def targets(corpus, fitted: dict, head: str, x: dict) -> dict:
-    latlon = np.stack([corpus.lat, corpus.lon], axis=1).astype(np.float32)
-    y = {"latlon": latlon}
-    if head == "cells":
-        xyz = M.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
-        y["cell"] = nearest_cell(xyz, fitted["cells"])
-    if "gaz_xyz" in x:
-        y["own"] = latlon
-        y["trust"] = trust_labels(corpus, x)
-    return y
-
-
 def trust_labels(corpus, x: dict) -> np.ndarray:
     """1 + the index of the nearest named place within TRUST_KM of the truth, else 0 (own)."""
     truth = M.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
@@ -77,57 +143,6 @@ def trust_labels(corpus, x: dict) -> np.ndarray:
     nearest = np.argmin(km, axis=1)
     return np.where(km[np.arange(len(km)), nearest] <= td.TRUST_KM, nearest + 1, 0).astype(np.int32)
 
-
-def wide_init(corpus, x, features, rows, fitted):
-    return None  # the gazetteer anchor plays this part for geoloc (models.build_geoloc)
-
-
-def build(features, train_inputs, fitted, head):
-    from newsdl.tasks.models import build_geoloc
-
-    return build_geoloc(features, train_inputs, fitted, head)
-
-
-def compile_model(model, lr: float, fitted: dict, head: str) -> str:
-    """Compile; return the val metric to monitor (val mean km of the prediction)."""
-    import keras
-
-    from newsdl.ops import GreatCircleLoss
-    from newsdl.tasks.models import MeanKm
-
-    names = set(model.output_names) if hasattr(model, "output_names") else set(model.output)
-    point = "own" if "own" in names else "latlon"
-    losses, weights = {point: GreatCircleLoss()}, {point: 1.0}
-    for name in ("cell", "trust"):
-        if name in names:
-            losses[name] = keras.losses.SparseCategoricalCrossentropy()
-            weights[name] = td.CE_KM
-    # The GCD op is a custom kernel, which XLA cannot compile.
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses, loss_weights=weights,
-                  metrics={"latlon": [MeanKm()]}, jit_compile=False)
-    return "val_latlon_km" if len(names) > 1 else "val_km"
-
-
-def sample_weight(corpus, fitted, train_rows):
-    return None
-
-
-def predict(model, dataset, fitted) -> dict:
-    out = model.predict(dataset, verbose=0)
-    latlon = np.asarray(out["latlon"], float)
-    return {"lat": latlon[:, 0], "lon": latlon[:, 1]}
-
-
-def score(corpus, pred: dict, fitted) -> dict:
-    return M.geoloc_metrics(corpus.lat, corpus.lon, pred["lat"], pred["lon"])
-
-
-def val_score(corpus, pred: dict, fitted) -> float:
-    """The number `--head auto` and the resume logic compare (lower is better)."""
-    return float(np.mean(M.gcd_km(corpus.lat, corpus.lon, pred["lat"], pred["lon"])))
-
-
-# ------------------------------------------------------------------ baselines
 
 def medoid(lat, lon, max_candidates: int = td.MEDOID_CANDIDATES, seed: int = 0) -> tuple[float, float]:
     """The training point with the least total GCD to all training points (among at most
@@ -186,13 +201,145 @@ def _knn(X, corpus, tr, va, te) -> dict:
     return {"lat": lat, "lon": lon, "params": {"k": best_k}}
 
 
-def plots(folder, corpus, preds: dict, fitted) -> list[str]:
-    from newsdl.tasks import plots
 
-    return [plots.error_cdf(folder / "error_cdf.png", corpus, preds),
-            plots.world_scatter(folder / "world.png", corpus, preds["model"])]
+# ------------------------------------------------------------------ the model
+
+def _unit(x, axis=-1):
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=True), _EPS))
 
 
-def records(ids, pred: dict, fitted) -> list[dict]:
-    return [{"id": i, "lat": round(float(a), 5), "lon": round(float(o), 5)}
-            for i, a, o in zip(ids, pred["lat"], pred["lon"])]
+@keras.saving.register_keras_serializable(package="newsdl")
+class UnitToLatLon(keras.layers.Layer):
+    """[..., 3] vector -> [..., 2] (lat, lon) in degrees, through its direction: longitude comes
+    from atan2, so there is no seam at the dateline for the network to learn around."""
+
+    def call(self, xyz):
+        xyz = _unit(xyz)
+        x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+        # A tiny floor keeps the gradient finite at a pole and moves latitudes by < 1e-6 rad.
+        lat = ops.arctan2(z, ops.sqrt(x * x + y * y + 1e-12))
+        lon = ops.arctan2(y, x)
+        return ops.stack([lat, lon], axis=-1) * (180.0 / math.pi)
+
+    def compute_output_shape(self, shape):
+        return (*shape[:-1], 2)
+
+
+@keras.saving.register_keras_serializable(package="newsdl")
+class CellCentre(keras.layers.Layer):
+    """The probability-weighted centre of the geo-cells, moved by a bounded learned offset.
+
+    ``cells`` ([C, 3] unit vectors) are part of the config, so the file says where its cells are.
+    """
+
+    def __init__(self, cells, max_offset: float = td.CELL_OFFSET_MAX, **kwargs):
+        super().__init__(**kwargs)
+        self.cells = [list(map(float, c)) for c in np.asarray(cells, float)]
+        self.max_offset = float(max_offset)
+        self._cells = np.asarray(self.cells, np.float32)
+
+    def call(self, inputs):
+        probs, offset = inputs
+        centre = _unit(ops.matmul(probs, ops.convert_to_tensor(self._cells)))
+        return _unit(centre + self.max_offset * ops.tanh(offset))
+
+    def compute_output_shape(self, shapes):
+        return (shapes[0][0], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "cells": self.cells, "max_offset": self.max_offset}
+
+
+@keras.saving.register_keras_serializable(package="newsdl")
+class TrustSoftmax(keras.layers.Layer):
+    """Probabilities over [the head's own point, candidate place 1..K]; absent candidates get 0.
+
+    Inputs: logits [B, 1 + K] and the candidates' mask [B, K]."""
+
+    def call(self, inputs):
+        logits, mask = inputs
+        valid = ops.concatenate([ops.ones_like(mask[:, :1]), mask], axis=-1)
+        return ops.softmax(ops.where(valid > 0, logits, -1e9), axis=-1)
+
+    def compute_output_shape(self, shapes):
+        return shapes[0]
+
+
+@keras.saving.register_keras_serializable(package="newsdl")
+class GeoMedian(keras.layers.Layer):
+    """The point that minimises the expected distance under a discrete distribution of points:
+    the weighted geometric median (Weiszfeld's iterations on the unit sphere's chords).
+
+    It is the Bayes decision for the GCD metric. A point holding half the probability or more is
+    the median exactly, so a trusted place is predicted as is, not dragged toward a compromise,
+    and hedging happens only when no single point is likely enough.
+    Inputs: weights [B, 1 + K], own point [B, 3], candidates [B, K, 3]."""
+
+    def __init__(self, iterations: int = 16, **kwargs):
+        super().__init__(**kwargs)
+        self.iterations = int(iterations)
+
+    def call(self, inputs):
+        weights, own, anchors = inputs
+        points = ops.concatenate([own[:, None, :], anchors], axis=1)
+        x = _unit(ops.sum(weights[..., None] * points, axis=1))
+        for _ in range(self.iterations):
+            dist = ops.sqrt(ops.sum(ops.square(points - x[:, None, :]), axis=-1) + 1e-12)
+            w = weights / ops.maximum(dist, 1e-6)
+            x = _unit(ops.sum(w[..., None] * points, axis=1))
+        best = ops.argmax(weights, axis=-1)
+        top = ops.take_along_axis(points, best[:, None, None], axis=1)[:, 0, :]
+        return ops.where(ops.max(weights, axis=-1, keepdims=True) >= 0.5, top, x)
+
+    def compute_output_shape(self, shapes):
+        return (shapes[1][0], 3)
+
+    def get_config(self):
+        return {**super().get_config(), "iterations": self.iterations}
+
+
+def build_model(features, train_inputs, fitted, head):
+    """Outputs: latlon (the prediction); with the gazetteer, also own (the head's point, trained
+    with the GCD loss) and trust (which of own and the named places is right, trained with
+    cross-entropy), latlon being their geometric median; with cells, cell (cross-entropy)."""
+    inputs, h, _ = build_trunk(features, train_inputs, fitted)
+    outputs = {}
+    anchor = None
+    if "gaz" in features:
+        k = train_inputs["gaz_xyz"].shape[1]
+        trust_in = keras.layers.Concatenate(name="trust_in")([h, inputs["gaz_feat"]])
+        # The head's own point starts at the most-mentioned place (coefficients 1, 0, 0 on the
+        # candidates' unit vectors) and learns how far to move from it: hedging relative to the
+        # evidence is far easier to learn than mapping coordinates from scratch.
+        coef = keras.layers.Dense(k, name="anchor_coef", kernel_initializer="zeros",
+                                  bias_initializer=keras.initializers.Constant([1.0] + [0.0] * (k - 1)))(trust_in)
+        anchor = keras.layers.Dot(axes=1, name="anchor")([coef, inputs["gaz_xyz"]])
+    if head == "regress":
+        # With an anchor, the offset starts at zero: the own point starts on the named place.
+        own = keras.layers.Dense(3, name="xyz", kernel_initializer="zeros" if anchor is not None else "glorot_uniform")(h)
+    else:
+        cells = np.asarray(fitted["cells"], np.float32)
+        probs = keras.layers.Dense(len(cells), activation="softmax", name="cell")(h)
+        offset = keras.layers.Dense(3, name="cell_offset", kernel_initializer="zeros")(h)
+        own = CellCentre(cells, name="cell_centre")([probs, offset])
+        outputs["cell"] = probs
+    if anchor is not None:
+        own = keras.layers.Add(name="own_xyz")([own, anchor])
+    own = keras.layers.UnitNormalization(name="own_unit")(own)
+    if "gaz" in features:
+        # Trust depends on the article (h) and on the candidates' own numbers (mentions, share,
+        # city or country), which the layer sees directly.
+        # Trust starts on the most-mentioned place (probability ~0.9, so the median is that place):
+        # the untrained model is the gazetteer look-up, and training learns when to doubt it.
+        logits = keras.layers.Dense(1 + k, name="trust_logits", kernel_initializer="zeros",
+                                    bias_initializer=keras.initializers.Constant([0.0, 3.0] + [0.0] * (k - 1)))(trust_in)
+        trust = TrustSoftmax(name="trust")([logits, inputs["gaz_mask"]])
+        outputs["own"] = UnitToLatLon(name="own")(own)
+        outputs["trust"] = trust
+        own = GeoMedian(name="median")([trust, own, inputs["gaz_xyz"]])
+    outputs = {"latlon": UnitToLatLon(name="latlon")(own), **outputs}
+    return keras.Model(inputs, outputs, name=f"geoloc_{head}")
+
+
+
+TASK = Geoloc()

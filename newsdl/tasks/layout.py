@@ -1,7 +1,8 @@
 """What a task's folder (models/TASK/) holds, by name, for every module that reads or writes it.
 
 Two stages write there, each with its own record: train (manifest.json: the model and what was
-fitted) and evaluate (evaluate.json: the metrics and plots, keyed by the model's sha256).
+fitted) and evaluate (evaluate.json: the metrics and plots, keyed by the digest of train's record,
+which holds the sha256 of the model and of every file fitted with it).
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def reset_for_training(folder: Path) -> None:
 
 
 def evaluated(folder: Path, inputs: list[dict], key: dict, force: bool) -> dict | None:
-    """The stored metrics when evaluate computed them for this very model (``key`` holds its sha256
-    and the options), the same upstream inputs, and its outputs are still the files it wrote."""
+    """The stored metrics when evaluate computed them for this very model (``key``: train's record's
+    digest and the options), the same upstream inputs, and its outputs are still the files it wrote."""
     import json
     import logging
 

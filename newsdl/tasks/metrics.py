@@ -8,19 +8,6 @@ from newsdl import defaults as td
 
 EARTH_RADIUS_KM = 6371.0088  # the SPEC's radius (IUGG mean), the same as newsdl.ops
 
-KEYS = {
-    "geoloc": ("median_km", "mean_km", *(f"acc_{km}km" for km in td.ACC_KM)),
-    "source": ("accuracy", "macro_f1"),
-    "popularity": ("spearman", "mae_log"),
-    "caption": ("bleu1", "bleu4", "meteor", "rouge_l", "cider"),
-    # text-to-image; the image-to-text direction is a nested "image_to_text" object with the same keys
-    "illustrate": ("recall_at_1", "recall_at_5", "recall_at_10", "median_rank"),
-}
-# The metric each task's default model must win on, and whether higher is better.
-MAIN = {"geoloc": ("mean_km", False), "source": ("accuracy", True), "popularity": ("spearman", True),
-        "caption": ("cider", True), "illustrate": ("recall_at_10", True)}
-
-
 def gcd_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Great-circle distance in km between points in degrees, float64.
 
@@ -93,6 +80,7 @@ def popularity_metrics(true_log, pred_log) -> dict:
     return {"spearman": spearman(true_log, pred_log), "mae_log": float(np.mean(np.abs(true_log - pred_log)))}
 
 
-def beats(task: str, model: dict, baseline: dict) -> bool:
-    key, higher = MAIN[task]
-    return model[key] > baseline[key] if higher else model[key] < baseline[key]
+def beats(task, model: dict, baseline: dict) -> bool:
+    """Whether ``model`` is strictly better than ``baseline`` on ``task``'s main metric."""
+    key = task.main_metric
+    return model[key] > baseline[key] if task.higher_is_better else model[key] < baseline[key]

@@ -1,9 +1,9 @@
-"""`newsdl predict TASK INPUT`: a trained model on new articles.
+"""`newsdl predict TASK INPUT`: a trained model on new articles, the same for every task.
 
 New articles go through ingest's readers and checks (same formats, same rules: a bad record is
 rejected with its line, field and reason, a bad image is dropped), then through featurize's own
-text and image featurizers (the saved word2vec, tokenizer settings and backbone), the model's
-saved TF-IDF vocabulary and the gazetteer: exactly the inputs the model was trained on.
+text and image featurizers (the saved word2vec, tokenizer settings and backbone) and what the
+model fitted on train (Task.predict): exactly the inputs the model was trained on.
 Predictions go to JSON Lines or Parquet (by --out's suffix); rejected records to
 OUT.rejected.jsonl beside it.
 """
@@ -14,14 +14,11 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from newsdl import workspace
 from newsdl.errors import UserError
-from newsdl import defaults as td
-from newsdl.tasks.data import PAD_ID, corpus_from_articles
-from newsdl.tasks.layout import MODEL
-from newsdl.tasks.prepare import model_inputs, read_saved, task_module
+from newsdl.tasks import get
+from newsdl.tasks.task import read_saved
 
 log = logging.getLogger("newsdl.tasks")
 
@@ -61,87 +58,29 @@ def describe_reject(rej: dict) -> str:
     return f"{rej.get('file')}:{kind} {rej.get(kind)}{field}: {rej.get('reason')}"
 
 
-def featurize(ws: Path, saved, table, root: Path):
-    """The model's input arrays for the articles of ``table``."""
-    corpus = corpus_from_articles(table)
-    features = saved.features
-    if any(f in features for f in ("w2v_mean", "w2v_max", "tokens")):
-        from newsdl.features import load_text_featurizer
-
-        feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()),
-                                         list(table.column("title").to_pylist()))
-        corpus.arrays["w2v_mean"], corpus.arrays["w2v_max"] = feats["w2v_mean"], feats["w2v_max"]
-        tokens = np.full((len(corpus), td.CNN_TOKENS), PAD_ID, np.int32)
-        width = min(td.CNN_TOKENS, feats["tokens"].shape[1])
-        tokens[:, :width] = feats["tokens"][:, :width]
-        corpus.arrays["tokens"] = tokens
-    if "fc7" in features:
-        corpus.arrays["fc7"], corpus.arrays["fc7_mask"] = _image_features(ws, table, root, saved)
-    return corpus, model_inputs(corpus, features, saved.fitted)
-
-
-def _image_features(ws: Path, table, root: Path, saved):
-    """fc7 mean-pooled over each article's usable images; mask 0 where it has none."""
-    from newsdl.features import load_image_featurizer
-
-    images = table.column("images").to_pylist()
-    owners, paths = [], []
-    for row, imgs in enumerate(images):
-        for img in imgs or []:
-            if img.get("path"):
-                owners.append(row)
-                paths.append(img["path"])
-    dim = int(saved.config["fitted"]["fc7_dim"])
-    sums = np.zeros((len(images), dim), np.float32)
-    counts = np.zeros(len(images), np.float32)
-    if paths:
-        feats, reasons = load_image_featurizer(ws)(root, paths)
-        if feats.shape[1] != dim:
-            raise UserError(f"{ws / 'features'}: image features of {feats.shape[1]} values, the model reads {dim}; "
-                            f"retrain after featurize")
-        for row, feat, reason, path in zip(owners, feats, reasons, paths):
-            if reason is None:
-                sums[row] += feat
-                counts[row] += 1
-            else:
-                log.warning("image %s skipped: %s", path, reason)
-    return sums / np.maximum(counts, 1)[:, None], (counts > 0).astype(np.float32)[:, None]
-
-
 def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = None,
-                 images_root: Path | None = None, beam: int | None = None) -> dict:
+                 images_root: Path | None = None, **options) -> dict:
     """Predict TASK for the articles of INPUT; write them to ``out`` (.jsonl or .parquet).
-    Returns {out, predicted, rejected, rejected_file}. ``beam``: caption only."""
-    if task in td.MULTIMODAL_TASKS:  # caption, illustrate: their own modules
-        import importlib
-
-        if beam is not None and task != "caption":
-            raise UserError(f"--beam {beam}: only caption has this option")
-        return importlib.import_module(f"newsdl.tasks.{task}").predict(
-            ws, input_path, out=out, images_root=images_root, **({"beam": beam} if beam is not None else {}))
-    ws, input_path = Path(ws), Path(input_path).expanduser()
-    mod = task_module(task)
-    saved = read_saved(ws, task)
+    Returns {out, predicted, unit, rejected, images_rejected, rejected_file}. ``options``: the
+    task's predict options (caption: beam; None: the one it was trained with)."""
+    ws, input_path, t = Path(ws), Path(input_path).expanduser(), get(task)
+    t.use_options(options)  # a usage mistake is told before the model is read
+    saved = read_saved(ws, t)
+    options = t.use_options(options, saved)
     out = Path(out).expanduser() if out else default_out(ws, task, input_path)
     if out.suffix not in (".jsonl", ".parquet"):
         raise UserError(f"--out {out}: expected a .jsonl or .parquet file name")
     table, rejects, root = read_articles(input_path, images_root)
-    rejected_file = out.with_name(out.name + ".rejected.jsonl") if rejects else None
     records_rejected = [r for r in rejects if "image" not in r]
     if table.num_rows == 0:
         first = f"; the first: {describe_reject(records_rejected[0])}" if records_rejected else ""
         raise UserError(f"{input_path}: no valid article ({len(records_rejected)} rejected){first}")
-
-    from newsdl.tasks.data import dataset
-    from newsdl.tasks.models import load
-
-    corpus, x = featurize(ws, saved, table, root)
-    model = load(saved.folder / MODEL)
-    pred = mod.predict(model, dataset(x, {}, np.arange(len(corpus)), saved.config["batch_size"]), saved.fitted)
-    records = mod.records(list(corpus.ids), pred, saved.fitted)
+    records, image_rejects, (count, unit) = t.predict(ws, saved, table, root, input_path, **options)
+    rejects += image_rejects
+    rejected_file = out.with_name(out.name + ".rejected.jsonl") if rejects else None
     write_predictions(out, records)
     write_rejects(rejected_file, rejects)
-    return predict_summary(out, len(records), rejects, rejected_file)
+    return {**predict_summary(out, count, rejects, rejected_file), "unit": unit}
 
 
 def write_rejects(rejected_file: Path | None, rejects: list[dict]) -> None:

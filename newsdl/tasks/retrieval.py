@@ -65,18 +65,6 @@ def recall_metrics(r: np.ndarray) -> dict:
     return out
 
 
-def retrieval_metrics(text: np.ndarray, image: np.ndarray) -> dict:
-    """Both directions for paired embeddings (row i of each is article i and its image):
-    text-to-image at the top level (the SPEC's keys), image-to-text nested."""
-    t, i = unit(text), unit(image)
-    return {**recall_metrics(ranks(t, i)), "image_to_text": recall_metrics(ranks(i, t))}
-
-
-def metrics_from_similarity(sim: np.ndarray) -> dict:
-    """The same from a text x image similarity matrix (rows: articles)."""
-    return {**recall_metrics(ranks_from_similarity(sim)), "image_to_text": recall_metrics(ranks_from_similarity(sim.T))}
-
-
 def recall_curve(r: np.ndarray, ks: np.ndarray) -> np.ndarray:
     r = np.sort(np.asarray(r, float))
     return np.searchsorted(r, ks, side="right") / max(len(r), 1)

@@ -9,23 +9,108 @@ from __future__ import annotations
 
 import numpy as np
 
+from newsdl import defaults as td
+from newsdl.errors import UserError
 from newsdl.tasks import metrics as M
-
-NAME = "source"
-
-
-def labelled(corpus) -> np.ndarray:
-    return np.array([isinstance(s, str) and s != "" for s in corpus.source], dtype=bool)
+from newsdl.tasks.articles import ArticleTask
 
 
-def fit(corpus, train_rows, seed: int) -> dict:
-    classes = sorted({str(s) for s in corpus.source[train_rows]})
-    if len(classes) < 2:
-        from newsdl.errors import UserError
+class Source(ArticleTask):
+    name = "source"
+    metric_keys = ("accuracy", "macro_f1")
+    main_metric, higher_is_better = "accuracy", True
+    min_delta = td.MIN_DELTA["source"]
 
-        raise UserError(f"source: the training split has {len(classes)} outlet(s) in field 'source'; "
-                        f"classifying needs at least 2")
-    return {"classes": classes}
+    def labelled(self, corpus):
+        return np.array([isinstance(s, str) and s != "" for s in corpus.source], dtype=bool)
+
+    def fit(self, corpus, train_rows, seed):
+        classes = sorted({str(s) for s in corpus.source[train_rows]})
+        if len(classes) < 2:
+            raise UserError(f"source: the training split has {len(classes)} outlet(s) in field 'source'; "
+                            f"classifying needs at least 2")
+        return {"classes": classes}
+
+    def targets(self, corpus, fitted, x):
+        return {"source": np.maximum(_index(corpus, fitted["classes"]), 0)}
+
+    def sample_weight(self, corpus, fitted, train_rows):
+        y = _index(corpus, fitted["classes"])
+        counts = np.bincount(y[train_rows][y[train_rows] >= 0], minlength=len(fitted["classes"])).astype(float)
+        per_class = len(train_rows) / (len(counts) * np.maximum(counts, 1.0))
+        return np.where(y >= 0, per_class[np.maximum(y, 0)], 0.0).astype(np.float32)
+
+    def wide_init(self, corpus, x, features, rows, fitted):
+        """Logistic regression on the model's wide inputs: where its wide path starts."""
+        from newsdl.tasks.baselines import fit_wide_logreg
+
+        y = _index(corpus, fitted["classes"])
+        keep = {k: v[y[v] >= 0] for k, v in rows.items()}
+        bow_rows = fitted["bow_terms"] + 1 if "bow" in features else None
+        return fit_wide_logreg(x, features, keep, y, len(fitted["classes"]), bow_rows,
+                               td.LOGREG_C if len(keep["val"]) else (1.0,))
+
+    def build(self, data, s, head):
+        import keras
+
+        from newsdl.tasks.models import build_trunk, head_output
+
+        train_x = {k: v[data.rows["train"]] for k, v in data.x.items()}
+        inputs, h, wide = build_trunk(s["features"], train_x, data.fitted)
+        logits = head_output(h, wide, len(data.fitted["classes"]), "source", data.fitted.get("wide_init"))
+        return keras.Model(inputs, {"source": keras.layers.Activation("softmax", name="source")(logits)},
+                           name="source")
+
+    def losses(self, y, pred, batch):
+        import keras
+
+        return {"loss": keras.losses.sparse_categorical_crossentropy(y["source"], pred["source"])}
+
+    def decode(self, outputs, fitted):
+        return {"probs": np.asarray(outputs["source"], float)}
+
+    def score(self, corpus, pred, fitted):
+        y_pred = pred["label"] if "label" in pred else labels(pred, fitted)
+        return M.source_metrics(corpus.source.astype(str), y_pred)
+
+    def baselines(self, corpus, inputs, features, rows, fitted):
+        """Majority class, and TF-IDF word 1-2 grams + logistic regression (C chosen on val)."""
+        import copy
+
+        from sklearn.linear_model import LogisticRegression
+
+        from newsdl.tasks.baselines import tfidf
+
+        tr, va, te = rows["train"], rows["val"], rows["test"]
+        y = corpus.source.astype(str)
+        values, counts = np.unique(y[tr], return_counts=True)
+        out = {"majority": {"label": np.full(len(te), values[np.argmax(counts)], dtype=object)}}
+        X = tfidf(corpus, features, fitted, tr)
+        # Each C starts from the previous solution (warm start), so the search costs about one fit.
+        model = LogisticRegression(class_weight="balanced", max_iter=2000, warm_start=True)
+        best, best_acc = None, -1.0
+        for c in (td.LOGREG_C if len(va) else (1.0,)):
+            model.set_params(C=c).fit(X[tr], y[tr])
+            acc = float(np.mean(model.predict(X[va]) == y[va])) if len(va) else 0.0
+            if acc > best_acc:
+                best, best_acc = copy.deepcopy(model), acc
+        out["tfidf_logreg"] = {"label": best.predict(X[te]), "params": {"C": best.C}}
+        return out
+
+    def plots(self, folder, corpus, preds, fitted):
+        from newsdl.tasks import plots
+
+        return [plots.confusion(folder / "confusion.png", corpus.source.astype(str),
+                                labels(preds["model"], fitted), fitted["classes"])]
+
+    def records(self, ids, pred, fitted):
+        classes = fitted["classes"]
+        out = []
+        for i, p in zip(ids, pred["probs"]):
+            best = int(np.argmax(p))
+            out.append({"id": i, "source": classes[best], "probability": round(float(p[best]), 4),
+                        "probabilities": {c: round(float(q), 4) for c, q in zip(classes, p)}})
+        return out
 
 
 def _index(corpus, classes) -> np.ndarray:
@@ -34,101 +119,8 @@ def _index(corpus, classes) -> np.ndarray:
     return np.array([lookup.get(s, -1) if isinstance(s, str) else -1 for s in corpus.source], np.int32)
 
 
-def targets(corpus, fitted, head, x) -> dict:
-    return {"source": np.maximum(_index(corpus, fitted["classes"]), 0)}
-
-
-def sample_weight(corpus, fitted, train_rows) -> np.ndarray:
-    y = _index(corpus, fitted["classes"])
-    counts = np.bincount(y[train_rows][y[train_rows] >= 0], minlength=len(fitted["classes"])).astype(float)
-    per_class = len(train_rows) / (len(counts) * np.maximum(counts, 1.0))
-    return np.where(y >= 0, per_class[np.maximum(y, 0)], 0.0).astype(np.float32)
-
-
-def wide_init(corpus, x, features, rows, fitted) -> dict:
-    """Logistic regression on the model's wide inputs: where its wide path starts (models.head_output)."""
-    from newsdl import defaults as td
-    from newsdl.tasks.baselines import fit_wide_logreg
-
-    y = _index(corpus, fitted["classes"])
-    keep = {k: v[y[v] >= 0] for k, v in rows.items()}
-    bow_rows = fitted["bow_terms"] + 1 if "bow" in features else None
-    return fit_wide_logreg(x, features, keep, y, len(fitted["classes"]), bow_rows,
-                           td.LOGREG_C if len(keep["val"]) else (1.0,))
-
-
-def build(features, train_inputs, fitted, head):
-    from newsdl.tasks.models import build_source
-
-    return build_source(features, train_inputs, fitted)
-
-
-def compile_model(model, lr, fitted, head) -> str:
-    import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss={"source": keras.losses.SparseCategoricalCrossentropy()},
-                  weighted_metrics={"source": ["accuracy"]}, jit_compile=False)
-    return "val_loss"
-
-
-def predict(model, dataset, fitted) -> dict:
-    probs = np.asarray(model.predict(dataset, verbose=0)["source"], float)
-    return {"probs": probs}
-
-
 def labels(pred, fitted) -> np.ndarray:
     return np.asarray(fitted["classes"], dtype=object)[np.argmax(pred["probs"], axis=1)]
 
 
-def score(corpus, pred, fitted) -> dict:
-    y_pred = pred["label"] if "label" in pred else labels(pred, fitted)
-    return M.source_metrics(corpus.source.astype(str), y_pred)
-
-
-def val_score(corpus, pred, fitted) -> float:
-    """Lower is better: minus the val accuracy."""
-    return -score(corpus, pred, fitted)["accuracy"]
-
-
-def baselines(corpus, inputs, features, rows: dict, fitted) -> dict:
-    """Majority class, and TF-IDF word 1-2 grams + logistic regression (C chosen on val)."""
-    import copy
-
-    from sklearn.linear_model import LogisticRegression
-
-    from newsdl import defaults as td
-    from newsdl.tasks.baselines import tfidf
-
-    tr, va, te = rows["train"], rows["val"], rows["test"]
-    y = corpus.source.astype(str)
-    values, counts = np.unique(y[tr], return_counts=True)
-    out = {"majority": {"label": np.full(len(te), values[np.argmax(counts)], dtype=object)}}
-
-    X = tfidf(corpus, features, fitted, tr)
-    # Each C starts from the previous solution (warm start), so the search costs about one fit.
-    model = LogisticRegression(class_weight="balanced", max_iter=2000, warm_start=True)
-    best, best_acc = None, -1.0
-    for c in (td.LOGREG_C if len(va) else (1.0,)):
-        model.set_params(C=c).fit(X[tr], y[tr])
-        acc = float(np.mean(model.predict(X[va]) == y[va])) if len(va) else 0.0
-        if acc > best_acc:
-            best, best_acc = copy.deepcopy(model), acc
-    out["tfidf_logreg"] = {"label": best.predict(X[te]), "params": {"C": best.C}}
-    return out
-
-
-def plots(folder, corpus, preds, fitted) -> list[str]:
-    from newsdl.tasks import plots
-
-    return [plots.confusion(folder / "confusion.png", corpus.source.astype(str), labels(preds["model"], fitted),
-                            fitted["classes"])]
-
-
-def records(ids, pred, fitted) -> list[dict]:
-    classes = fitted["classes"]
-    out = []
-    for i, p in zip(ids, pred["probs"]):
-        best = int(np.argmax(p))
-        out.append({"id": i, "source": classes[best], "probability": round(float(p[best]), 4),
-                    "probabilities": {c: round(float(q), 4) for c, q in zip(classes, p)}})
-    return out
+TASK = Source()
