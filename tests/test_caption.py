@@ -55,7 +55,7 @@ def test_vocabulary_counts_specials_and_round_trip(tmp_path):
 
 @needs_java
 def test_metrics_on_known_pairs_give_known_values():
-    from newsdl.tasks.caption_metrics import caption_scores
+    from newsdl.tasks.caption import caption_scores
 
     ref = "a man rides a brown horse on the beach"
     hyp = "a man rides a red horse on the beach"

@@ -232,7 +232,7 @@ def test_sigusr1_mid_epoch_exits_75_and_keeps_the_last_finished_epoch(tmp_path):
         import os, signal, numpy as np, tensorflow as tf, keras
         from pathlib import Path
         from newsdl.tasks import loop
-        from newsdl.tasks.preempt import Preempted
+        from newsdl.tasks.loop import Preempted
         from newsdl.tasks.task import Data, Task
         calls = [0]
         def kick(x):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from newsdl.tasks import get
+from newsdl import geo
 from newsdl.tasks import metrics as M
 
 R = 6371.0088
@@ -28,9 +29,9 @@ KM_PER_DEG = R * math.pi / 180
     ((0, 0), (1, 0), KM_PER_DEG),
 ])
 def test_gcd_hand_computed(a, b, km):
-    got = M.gcd_km(a[0], a[1], b[0], b[1])
+    got = geo.gcd_km(a[0], a[1], b[0], b[1])
     assert got == pytest.approx(km, abs=1e-6)
-    assert M.gcd_km(b[0], b[1], a[0], a[1]) == pytest.approx(km, abs=1e-6)  # symmetric
+    assert geo.gcd_km(b[0], b[1], a[0], a[1]) == pytest.approx(km, abs=1e-6)  # symmetric
 
 
 def test_gcd_matches_the_haversine_package_on_random_points():
@@ -38,7 +39,7 @@ def test_gcd_matches_the_haversine_package_on_random_points():
     rng = np.random.default_rng(0)
     lat1, lat2 = rng.uniform(-90, 90, (2, 200))
     lon1, lon2 = rng.uniform(-180, 180, (2, 200))
-    ours = M.gcd_km(lat1, lon1, lat2, lon2)
+    ours = geo.gcd_km(lat1, lon1, lat2, lon2)
     ref = [haversine.haversine((a, b), (c, d), unit=haversine.Unit.KILOMETERS, normalize=True)
            for a, b, c, d in zip(lat1, lon1, lat2, lon2)]
     # haversine uses a mean radius of 6371.0088 km too
@@ -74,10 +75,10 @@ def test_geoloc_metrics_at_the_dateline_and_the_poles():
 def test_unit_vectors_round_trip_and_average_across_the_dateline():
     lat = np.array([0.0, 45.0, -30.0, 89.0, 0.0])
     lon = np.array([180.0, -179.0, 10.0, 45.0, -90.0])
-    back_lat, back_lon = M.from_unit(M.to_unit(lat, lon))
-    assert M.gcd_km(lat, lon, back_lat, back_lon) == pytest.approx(np.zeros(5), abs=1e-6)
+    back_lat, back_lon = geo.from_unit(geo.to_unit(lat, lon))
+    assert geo.gcd_km(lat, lon, back_lat, back_lon) == pytest.approx(np.zeros(5), abs=1e-6)
     # The mean of 179 E and 179 W is on the dateline, not at the prime meridian.
-    mid_lat, mid_lon = M.from_unit(M.spherical_mean(M.to_unit([0.0, 0.0], [179.0, -179.0]))[None])
+    mid_lat, mid_lon = geo.from_unit(geo.spherical_mean(geo.to_unit([0.0, 0.0], [179.0, -179.0]))[None])
     assert mid_lat[0] == pytest.approx(0.0, abs=1e-9) and abs(mid_lon[0]) == pytest.approx(180.0)
 
 

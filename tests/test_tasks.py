@@ -259,7 +259,7 @@ def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_
     train_task(ws, "source", **FAST_TRAIN)
     saved = read_saved(ws, get("source"))
     model = get("source").load_model(saved.folder / "model.keras")
-    x = model_inputs(corpus, saved.features, saved.fitted)
+    x = model_inputs(corpus, saved.config["features"], saved.fitted)
     rows = np.arange(len(corpus))
     before = model.predict(dataset(x, {}, rows, 16), verbose=0)["source"]
     noisy = dict(x)
@@ -276,7 +276,7 @@ def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_
 def test_geo_layers_at_the_dateline_and_poles_and_the_median_decision():
     import keras
 
-    from newsdl.tasks.metrics import to_unit
+    from newsdl.geo import to_unit
     from newsdl.tasks.geoloc import GeoMedian, UnitToLatLon
 
     lat = np.array([0.0, 0.0, 89.999, -45.0])
@@ -302,7 +302,7 @@ def test_geo_layers_at_the_dateline_and_poles_and_the_median_decision():
 
 
 def test_gazetteer_ranks_places_and_resolves_names():
-    from newsdl.tasks.gazetteer import gazetteer
+    from newsdl.features.gazetteer import gazetteer
 
     g = gazetteer()
 

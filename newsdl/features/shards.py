@@ -210,3 +210,48 @@ def remove_other_counts(folder: Path, keep_n: int) -> None:
             else:
                 path.unlink(missing_ok=True)
                 (folder / rejected_name(int(match[1]), int(match[2]))).unlink(missing_ok=True)
+
+
+def positions_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row of each ``wanted`` id in ``ids`` (-1 where absent)."""
+    order = np.argsort(ids)
+    found = np.searchsorted(ids, wanted, sorter=order)
+    found = np.clip(found, 0, len(ids) - 1)
+    rows = order[found]
+    return np.where(ids[rows] == wanted, rows, -1)
+
+
+def column_matrix(column) -> np.ndarray:
+    """A fixed-size-list (or list) column of floats as an [n, d] float32 matrix; nulls are zeros."""
+    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    if column.null_count:
+        width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+        if width is None:
+            width = max((len(v) for v in column.to_pylist() if v is not None), default=0)
+        column = pc.fill_null(column, pa.scalar([0.0] * width, column.type))
+    if pa.types.is_fixed_size_list(column.type):
+        values = column.flatten().to_numpy(zero_copy_only=False)
+        return values.astype(np.float32, copy=False).reshape(n, column.type.list_size)
+    return np.asarray(column.to_pylist(), dtype=np.float32)
+
+
+def read_fc7(parts: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image_id, article_id, [n, d] FC7) of every featurized image in the features' parts."""
+    ids, articles, vecs = [], [], []
+    for part in parts:
+        table = pq.read_table(part, columns=["image_id", "article_id", "fc7"])
+        table = table.filter(pc.is_valid(table.column("fc7")))
+        if table.num_rows == 0:
+            continue
+        vecs.append(column_matrix(table.column("fc7")))
+        if vecs[-1].shape[1] != vecs[0].shape[1]:
+            raise UserError(f"{part}: field 'fc7' has {vecs[-1].shape[1]} values, other parts {vecs[0].shape[1]}; "
+                            f"rerun `newsdl featurize --force`")
+        ids.append(table.column("image_id").to_numpy(zero_copy_only=False).astype(str))
+        articles.append(table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
+    if not vecs:
+        return np.zeros(0, str), np.zeros(0, str), np.zeros((0, 0), np.float32)
+    return np.concatenate(ids), np.concatenate(articles), np.vstack(vecs).astype(np.float32)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from newsdl import defaults
 from newsdl.errors import UserError
 from newsdl import defaults as fd
-from newsdl.features.shards import META_KEY, fixed_size_list
+from newsdl.features.shards import META_KEY, column_matrix, fixed_size_list, positions_of
 from newsdl.features.tokenize import article_text, normalize, tokenize
 from newsdl.progress import Progress
 from newsdl.workspace import TMP_PREFIX, atomic_path
@@ -296,3 +296,45 @@ class TextFeaturizer:
         """Rows for the `tokens` ids, for a Keras Embedding: zeros for padding and unknown words."""
         return np.vstack([np.zeros((OFFSET, self.kv.vector_size), np.float32),
                           np.asarray(self.kv.vectors, np.float32)])
+
+
+def read_text_arrays(path: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """text.parquet's w2v_mean, w2v_max (zeros for an article it lacks) and tokens (the first
+    CNN_TOKENS ids, padded), row-aligned on ``ids``."""
+    schema = pq.read_schema(path)
+    columns = [c for c in ("article_id", "w2v_mean", "w2v_max", "tokens") if c in schema.names]
+    if "article_id" not in columns:
+        raise UserError(f"{path}: field 'article_id' is missing; rerun `newsdl featurize --force`")
+    table = pq.read_table(path, columns=columns)
+    rows = positions_of(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
+    keep = rows >= 0
+    out = {}
+    for name in ("w2v_mean", "w2v_max"):
+        if name in columns:
+            m = column_matrix(table.column(name))
+            full = np.zeros((len(ids), m.shape[1]), np.float32)
+            full[rows[keep]] = m[keep]
+            out[name] = full
+    if "tokens" in columns:
+        out["tokens"] = _pad_tokens(table.column("tokens"), rows, len(ids))
+    return out
+
+
+def _pad_tokens(column, rows: np.ndarray, n: int, length: int = fd.CNN_TOKENS) -> np.ndarray:
+    """The first ``length`` token ids of each article, right-padded with PAD, vectorised."""
+    column = column.combine_chunks()
+    if pa.types.is_large_list(column.type):
+        column = column.cast(pa.list_(pa.int32()))
+    out = np.full((n, length), PAD, np.int32)
+    if len(column) == 0:
+        return out
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.int32)
+    starts, lens = offsets[:-1], np.minimum(np.diff(offsets), length)
+    valid = (rows >= 0) & np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
+    pos = np.arange(length)
+    take = (pos[None, :] < lens[:, None]) & valid[:, None]
+    src = np.where(take, starts[:, None] + pos[None, :], 0)
+    block = np.where(take, values[src] if len(values) else 0, PAD)
+    out[rows[valid]] = block[valid]
+    return out

@@ -17,8 +17,9 @@ import numpy as np
 
 from newsdl.errors import UserError
 from newsdl import defaults as td
-from newsdl.tasks.data import (OOV_ID, PAD_ID, Corpus, bow_arrays, corpus_from_articles, dataset, embedding_matrix,
-                               fit_bow, load_bow, load_corpus, pool, save_bow, words)
+from newsdl.features.text import OOV, PAD
+from newsdl.features.bow import bow_arrays, fit_bow, load_bow, save_bow
+from newsdl.tasks.data import Corpus, corpus_from_articles, dataset, embedding_matrix, load_corpus, pool, words
 from newsdl.tasks.layout import BOW, MODEL
 from newsdl.tasks.task import Data, Saved, Task, split_rows
 
@@ -37,28 +38,21 @@ def resolve_features(task: str, allowed: tuple[str, ...], requested, available: 
                             f"first, or choose text-only features explicitly (--features bow)")
         chosen = [f for f in allowed if f in available]
     else:
-        names = requested.split(",") if isinstance(requested, str) else list(requested)
-        chosen = []
-        for name in (n.strip() for n in names):
-            if not name:
-                continue
-            expanded = td.FEATURE_GROUPS.get(name, (name,))
-            for f in expanded:
+        chosen = set()
+        for name in filter(None, (n.strip() for n in (requested.split(",") if isinstance(requested, str)
+                                                        else requested))):
+            group = name in td.FEATURE_GROUPS  # a group takes what applies and is there (fc7 must be)
+            for f in td.FEATURE_GROUPS.get(name, (name,)):
                 if f not in td.FEATURES:
-                    groups = ", ".join(td.FEATURE_GROUPS)
                     raise UserError(f"--features {requested}: unknown feature {name!r}; choose from "
-                                    f"{', '.join(td.FEATURES)} or the groups {groups}")
-                if f not in allowed:
-                    if name in td.FEATURE_GROUPS:
-                        continue  # a group takes what applies
+                                    f"{', '.join(td.FEATURES)} or the groups {', '.join(td.FEATURE_GROUPS)}")
+                if f not in allowed and not group:
                     raise UserError(f"--features {requested}: {f!r} does not apply to {task}")
-                if f not in available:
-                    if name in td.FEATURE_GROUPS and f not in ("fc7",):
-                        continue  # a group takes what is there
+                if f in allowed and f not in available and (not group or f == "fc7"):
                     raise UserError(f"--features {requested}: {f!r} is not in {ws / 'features'} "
                                     f"({_why_missing(f)})")
-                if f not in chosen:
-                    chosen.append(f)
+                if f in allowed and f in available:
+                    chosen.add(f)
         chosen = [f for f in td.FEATURES if f in chosen]
     if not chosen:
         raise UserError(f"--features {requested}: none of these is available in {ws}")
@@ -125,13 +119,13 @@ def model_inputs(corpus: Corpus, features: list[str], fitted: dict) -> dict[str,
     if "bow" in features:
         x.update(bow_arrays(bow_matrix(corpus, fitted)))
     if "gaz" in features:
-        from newsdl.tasks.gazetteer import gazetteer
+        from newsdl.features.gazetteer import gazetteer
 
         x.update(gazetteer().features(corpus.texts))
     if "tokens" in x:
         rows = fitted["embedding"].shape[0] if "embedding" in fitted else fitted["embedding_rows"]
         # An id past the embedding would fail the lookup; it can only be a word the model never saw.
-        x["tokens"] = np.where(x["tokens"] < rows, x["tokens"], OOV_ID).astype(np.int32)
+        x["tokens"] = np.where(x["tokens"] < rows, x["tokens"], OOV).astype(np.int32)
     return x
 
 
@@ -217,7 +211,7 @@ class ArticleTask(Task):
 
     def evaluate(self, ws: Path, saved: Saved, **options) -> tuple[dict, list[str]]:
         corpus = load_corpus(ws)
-        features = saved.features
+        features = saved.config["features"]
         missing = [f for f in features if f not in corpus.available]
         if missing:
             raise UserError(f"{ws / 'features'}: the {self.name} model reads {', '.join(missing)}, which this "
@@ -249,7 +243,7 @@ class ArticleTask(Task):
 def featurize(ws: Path, saved: Saved, table, root: Path, source: Path):
     """New articles' input arrays, made as the model's were: (corpus, inputs, images rejected)."""
     corpus = corpus_from_articles(table)
-    features = saved.features
+    features = saved.config["features"]
     rejects = []
     if any(f in features for f in ("w2v_mean", "w2v_max", "tokens")):
         from newsdl.features import load_text_featurizer
@@ -257,7 +251,7 @@ def featurize(ws: Path, saved: Saved, table, root: Path, source: Path):
         feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()),
                                          list(table.column("title").to_pylist()))
         corpus.arrays["w2v_mean"], corpus.arrays["w2v_max"] = feats["w2v_mean"], feats["w2v_max"]
-        tokens = np.full((len(corpus), td.CNN_TOKENS), PAD_ID, np.int32)
+        tokens = np.full((len(corpus), td.CNN_TOKENS), PAD, np.int32)
         width = min(td.CNN_TOKENS, feats["tokens"].shape[1])
         tokens[:, :width] = feats["tokens"][:, :width]
         corpus.arrays["tokens"] = tokens

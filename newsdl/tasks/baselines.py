@@ -1,36 +1,62 @@
-"""What the sklearn baselines see: the model's own inputs, as matrices.
+"""What the sklearn baselines see: the model's own inputs, as matrices; and how every knob is
+tuned on val.
 
 "The same features" means the same arrays the network gets, minus the word-id sequences (a
-linear model or kNN has no use for word positions): the dense blocks standardised with the
-training rows' statistics, each scaled to the same total variance so that 4,096 fc7 numbers do
-not drown 300 word-vector ones, and the TF-IDF bag as a sparse matrix.
+linear model or kNN has no use for word positions): the dense blocks (dense_blocks) and the
+TF-IDF bag as a sparse matrix.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-DENSE = {"w2v_mean": ("w2v_mean",), "w2v_max": ("w2v_max",), "fc7": ("fc7", "fc7_mask"),
-         "gaz": ("gaz_xyz", "gaz_mask", "gaz_feat")}
+def best_on_val(candidates, fit, score, has_val: bool = True):
+    """The (candidate, model) whose model, fitted on train by ``fit(candidate)``, scores highest on
+    val by ``score(model)`` (the first on ties; without val, the first candidate's): every
+    baseline's knob and the model's linear start are tuned alike, each given the same chance."""
+    best = None
+    for candidate in candidates if has_val else candidates[:1]:
+        model = fit(candidate)
+        value = score(model) if has_val else 0.0
+        if best is None or value > best[2]:
+            best = (candidate, model, value)
+    return best[0], best[1]
+
+
+BLOCKS = {"w2v_mean": ("w2v_mean",), "w2v_max": ("w2v_max",), "fc7": ("fc7",),
+          "gaz": ("gaz_xyz", "gaz_mask", "gaz_feat")}
+
+
+def dense_blocks(x: dict, features, train_rows) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The dense features as the model's Normalization layers see them (standardised with the
+    training rows' statistics; the image block over the articles that have images, then masked,
+    with the mask beside it), each block scaled to the same total variance so that 4,096 fc7
+    numbers do not drown 300 word-vector ones. Returns (matrix, each column's scale), or Nones."""
+    blocks, scales = [], []
+    for family in (f for f in BLOCKS if f in features):
+        a = np.concatenate([x[n].reshape(len(x[n]), -1) for n in BLOCKS[family]], axis=1).astype(np.float64)
+        rows = train_rows if family != "fc7" else train_rows[x["fc7_mask"][train_rows, 0] > 0]
+        mean = a[rows].mean(axis=0) if len(rows) else np.zeros(a.shape[1])
+        std = np.maximum(np.sqrt(a[rows].var(axis=0)), 1e-7) if len(rows) else np.ones(a.shape[1])
+        a = (a - mean) / std
+        if family == "fc7":
+            a = np.concatenate([a * x["fc7_mask"], x["fc7_mask"]], axis=1)
+        blocks.append(a / np.sqrt(a.shape[1]))
+        scales.append(np.full(a.shape[1], 1.0 / np.sqrt(a.shape[1])))
+    return (np.concatenate(blocks, axis=1), np.concatenate(scales)) if blocks else (None, None)
 
 
 def dense_features(inputs: dict, features, train_rows) -> np.ndarray | None:
-    blocks = []
-    for family, names in DENSE.items():
-        if family not in features:
-            continue
-        block = np.concatenate([inputs[n].reshape(len(inputs[n]), -1) for n in names], axis=1).astype(np.float64)
-        mean, std = block[train_rows].mean(axis=0), block[train_rows].std(axis=0)
-        block = (block - mean) / np.where(std > 0, std, 1.0)
-        blocks.append(block / np.sqrt(block.shape[1]))
-    return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else None
+    dense, _ = dense_blocks(inputs, features, train_rows)
+    return None if dense is None else dense.astype(np.float32)
 
 
 def tfidf(corpus, features, fitted, train_rows):
     """The TF-IDF matrix of every article: the model's own (fitted on train) when it reads the bag
     of words, else one fitted on train here with the same settings."""
     from newsdl.tasks.articles import bow_matrix
-    from newsdl.tasks.data import fit_bow, words
+    from newsdl.features.bow import fit_bow
+    from newsdl.tasks.data import words
 
     if "bow" not in fitted:
         tokens = words(corpus)
@@ -53,30 +79,11 @@ def all_features(corpus, inputs: dict, features, fitted, train_rows):
 
 # ------------------------------------------------------------------ the model's wide part
 
-WIDE_DENSE = (("w2v_mean",), ("w2v_max",), ("fc7", "fc7_mask"))
-
-
 def wide_inputs(x: dict, features, train_rows):
-    """What the model's wide (linear) path reads, as sklearn matrices: the dense features
-    standardised as the model's Normalization layers do (train statistics), the image block
-    masked, and the bag of words as the model sees it. Returns (dense or None, bag or None,
-    per-block (start, stop) columns, scales)."""
-    blocks, scales = [], []
-    for names in WIDE_DENSE:
-        if names[0] not in features:
-            continue
-        a = x[names[0]].astype(np.float64)
-        rows = train_rows if names[0] != "fc7" else train_rows[x["fc7_mask"][train_rows, 0] > 0]
-        mean = a[rows].mean(axis=0) if len(rows) else np.zeros(a.shape[1])
-        std = np.maximum(np.sqrt(a[rows].var(axis=0)), 1e-7) if len(rows) else np.ones(a.shape[1])
-        a = (a - mean) / std
-        if names[0] == "fc7":
-            a = np.concatenate([a * x["fc7_mask"], x["fc7_mask"]], axis=1)
-        # Each block weighs the same in the penalty whatever its width (see dense_features).
-        scale = 1.0 / np.sqrt(a.shape[1])
-        blocks.append(a * scale)
-        scales.append(np.full(a.shape[1], scale))
-    dense = np.concatenate(blocks, axis=1) if blocks else None
+    """What the model's wide (linear) path reads, as sklearn matrices: the dense blocks (without
+    the gazetteer's, which only the deep part reads) and the bag of words as the model sees it.
+    Returns (dense or None, bag or None, each dense column's scale)."""
+    dense, scales = dense_blocks(x, [f for f in features if f != "gaz"], train_rows)
     bag = None
     if "bow" in features:
         from scipy import sparse
@@ -86,7 +93,7 @@ def wide_inputs(x: dict, features, train_rows):
         rows = np.repeat(np.arange(n), width)
         bag = sparse.csr_matrix((w.ravel(), (rows, ids.ravel())), shape=(n, int(ids.max(initial=0)) + 1))
         bag.eliminate_zeros()
-    return dense, bag, (np.concatenate(scales) if scales else None)
+    return dense, bag, scales
 
 
 def _stack(dense, bag, rows):
@@ -128,12 +135,8 @@ def fit_wide_ridge(x, features, rows, targets: dict, bow_rows: int | None, alpha
         if len(tr) < 2:
             continue
         Xtr, Xva = _stack(dense, bag, tr), _stack(dense, bag, va)
-        best, best_rho = None, -np.inf
-        for alpha in alphas:
-            model = Ridge(alpha=alpha).fit(Xtr, z[tr])
-            rho = spearman(z[va], model.predict(Xva)) if len(va) > 1 else 0.0
-            if rho > best_rho:
-                best, best_rho = model, rho
+        _, best = best_on_val(tuple(alphas), lambda a: Ridge(alpha=a).fit(Xtr, z[tr]),
+                              lambda m: spearman(z[va], m.predict(Xva)), len(va) > 1)
         out[name] = {**_split_coef(best.coef_[None, :], dense, scales, bow_rows),
                      "bias": np.array([best.intercept_], np.float32), "alpha": float(best.alpha)}
     return out
@@ -142,20 +145,9 @@ def fit_wide_ridge(x, features, rows, targets: dict, bow_rows: int | None, alpha
 def fit_wide_logreg(x, features, rows, y: np.ndarray, n_classes: int, bow_rows: int | None, cs) -> dict:
     """Multinomial logistic regression (balanced class weights) on the wide inputs, C chosen on
     val by accuracy: the starting point of source's wide path. {dense, bow, bias, C}."""
-    import copy
-
-    from sklearn.linear_model import LogisticRegression
-
     dense, bag, scales = wide_inputs(x, features, rows["train"])
     tr, va = rows["train"], rows["val"]
-    Xtr, Xva = _stack(dense, bag, tr), _stack(dense, bag, va)
-    model = LogisticRegression(class_weight="balanced", max_iter=2000, warm_start=True)
-    best, best_acc = None, -1.0
-    for c in cs:
-        model.set_params(C=c).fit(Xtr, y[tr])
-        acc = float(np.mean(model.predict(Xva) == y[va])) if len(va) else 0.0
-        if acc > best_acc:
-            best, best_acc = copy.deepcopy(model), acc
+    _, best = logreg_on_val(_stack(dense, bag, tr), y[tr], _stack(dense, bag, va), y[va], cs)
     coef = np.zeros((n_classes, best.coef_.shape[1]))
     bias = np.full(n_classes, -30.0)  # a class absent from train: never predicted
     if len(best.classes_) == 2:  # sklearn's binary case has one row of coefficients
@@ -164,3 +156,15 @@ def fit_wide_logreg(x, features, rows, y: np.ndarray, n_classes: int, bow_rows: 
     else:
         coef[best.classes_], bias[best.classes_] = best.coef_, best.intercept_
     return {**_split_coef(coef, dense, scales, bow_rows), "bias": bias.astype(np.float32), "C": float(best.C)}
+
+
+def logreg_on_val(Xtr, ytr, Xva, yva, cs):
+    """(C, model): logistic regression with balanced class weights, C chosen on val accuracy;
+    each C starts from the previous solution (warm start), so the search costs about one fit."""
+    import copy
+
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(class_weight="balanced", max_iter=2000, warm_start=True)
+    return best_on_val(tuple(cs), lambda c: copy.deepcopy(model.set_params(C=c).fit(Xtr, ytr)),
+                       lambda m: float(np.mean(m.predict(Xva) == yva)), len(yva) > 0)

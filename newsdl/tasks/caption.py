@@ -11,6 +11,7 @@ tokenizer and scorers.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -106,15 +107,13 @@ class Caption(mm.ImageTask):
     def evaluate(self, ws, saved, beam):
         """Caption the test images with the model and the baselines."""
         from newsdl.tasks import caption_model as cm
-        from newsdl.tasks.caption_metrics import caption_scores
 
         vocab = saved.fitted["vocab"]
-        images, tokens, rows = _data(ws, saved.config["seed"])
+        images, tokens, rows = _data(ws, saved.config["seed"], saved.fitted)
         test, train = rows["test"], rows["train"]
         if len(test) == 0:
             raise UserError(f"{ws / 'ingest' / 'images.parquet'}: no captioned image in the test split (field "
                             f"'split' of their articles), nothing to evaluate caption on")
-        _check_dim(saved, images.fc7.shape[1])
         x = _inputs(images, saved.config["context"])
         decoder = cm.Decoder(self.load_model(saved.folder / MODEL))
         t1 = time.monotonic()
@@ -152,11 +151,11 @@ class Caption(mm.ImageTask):
         return records, rejects, (len(records), "images")
 
 
-def _data(ws: Path, seed: int):
+def _data(ws: Path, seed: int, fitted: dict | None = None):
     """Images with a caption, their tokens, and the rows of each split."""
     from newsdl.tasks.caption_model import caption_tokens
 
-    images = mm.load_images(ws)
+    images = mm.load_images(ws, fitted)
     tokens = [caption_tokens(c) for c in images.caption]
     has = np.array([len(t) > 0 for t in tokens], bool)
     return images, tokens, split_rows(images.split, has, seed, groups=images.article_id, unit="images")
@@ -167,13 +166,6 @@ def _inputs(images, context: str) -> dict:
     if context == "article":
         x["context"] = images.text["w2v_mean"]
     return x
-
-
-def _check_dim(saved, dim: int) -> None:
-    want = saved.config.get("fitted", {}).get("fc7_dim")
-    if want is not None and int(want) != int(dim):
-        raise UserError(f"{saved.folder / 'config.json'}: field 'fitted.fc7_dim' is {want}, the workspace's image "
-                        f"features have {dim} values; retrain with `newsdl train caption --force`")
 
 
 # ------------------------------------------------------------------ baselines
@@ -199,6 +191,68 @@ def most_frequent_caption(captions: list[str]) -> str:
     """The most frequent training caption (ties: the alphabetically first, for determinism)."""
     counts = Counter(captions)
     return min(counts, key=lambda c: (-counts[c], c))
+
+
+# ------------------------------------------------------------------ metrics
+# pycocoevalcap's BLEU-1, BLEU-4, METEOR, ROUGE-L and CIDEr(-D) after the Stanford PTB tokenizer.
+# The tokenizer and METEOR run `java`: every system is scored in one call, so the JVMs start once.
+
+def _check_java() -> None:
+    if shutil.which("java") is None:
+        raise UserError("java: not found on PATH; the caption metrics (pycocoevalcap's PTB tokenizer and METEOR) "
+                        "need a Java runtime, e.g. `apt-get install default-jre-headless`")
+
+
+def caption_scores(references: list[list[str]], systems: dict[str, list[str]]) -> dict[str, dict]:
+    """``references[i]``: the reference captions of image i; ``systems[name][i]``: that system's
+    caption of image i. Returns {name: {bleu1, bleu4, meteor, rouge_l, cider}} (corpus-level)."""
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.rouge.rouge import Rouge
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    except ImportError:  # pragma: no cover - a dependency of the package
+        raise UserError("pycocoevalcap is not installed: pip install pycocoevalcap") from None
+    _check_java()
+    n = len(references)
+    if n == 0:
+        raise ValueError("no caption to score")
+    for name, caps in systems.items():
+        if len(caps) != n:
+            raise ValueError(f"{name}: {len(caps)} captions for {n} images")
+    # One tokenizer run for everything: keys "r/i" for references, "name/i" for each system.
+    raw = {f"r/{i}": [{"caption": c or ""} for c in refs] for i, refs in enumerate(references)}
+    for name, caps in systems.items():
+        raw.update({f"s{name}/{i}": [{"caption": c or ""}] for i, c in enumerate(caps)})
+    tok = PTBTokenizer().tokenize(raw)
+    gts = {i: tok[f"r/{i}"] for i in range(n)}
+    meteor = Meteor()
+    out = {}
+    try:
+        for name in systems:
+            # An empty hypothesis would make METEOR's jar fail; a single space scores 0 as it should.
+            res = {i: [tok[f"s{name}/{i}"][0] or " "] for i in range(n)}
+            bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+            out[name] = {"bleu1": float(bleu[0]), "bleu4": float(bleu[3]),
+                         "meteor": float(meteor.compute_score(gts, res)[0]),
+                         "rouge_l": float(Rouge().compute_score(gts, res)[0]),
+                         "cider": float(Cider().compute_score(gts, res)[0])}
+    finally:
+        _close(meteor)
+    return out
+
+
+def _close(meteor) -> None:
+    """Stop METEOR's JVM now rather than at garbage collection."""
+    proc = getattr(meteor, "meteor_p", None)
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        proc.kill()
+        proc.wait()
 
 
 TASK = Caption()

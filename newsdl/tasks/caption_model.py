@@ -137,19 +137,17 @@ def build(vocab_size: int, fc7_train: np.ndarray, context_train: np.ndarray | No
     import keras
     from keras import layers
 
+    from newsdl.tasks.models import normalizer
+
     reg = keras.regularizers.L2(l2)
     fc7 = keras.Input((fc7_train.shape[1],), name="fc7")
     words = keras.Input((max_len + 1,), dtype="int32", name="words")
     inputs = [fc7]
-    norm = layers.Normalization(name="fc7_norm")
-    norm.adapt(fc7_train)
-    parts = [layers.Dropout(dropout, name="fc7_dropout")(norm(fc7))]
+    parts = [layers.Dropout(dropout, name="fc7_dropout")(normalizer("fc7_norm", fc7_train)(fc7))]
     if context_train is not None:
         ctx = keras.Input((context_train.shape[1],), name="context")
         inputs.append(ctx)
-        cnorm = layers.Normalization(name="context_norm")
-        cnorm.adapt(context_train)
-        parts.append(layers.Dropout(dropout, name="context_dropout")(cnorm(ctx)))
+        parts.append(layers.Dropout(dropout, name="context_dropout")(normalizer("context_norm", context_train)(ctx)))
     cond = parts[0] if len(parts) == 1 else layers.Concatenate(name="condition_concat")(parts)
     cond = layers.Dense(units, activation="relu", kernel_regularizer=reg, name="condition")(cond)
     cond = layers.Dropout(dropout, name="condition_dropout")(cond)

@@ -4,12 +4,10 @@ Each worker is one process (one SLURM task: one per node, or one per GPU), and a
 `tf.distribute.MultiWorkerMirroredStrategy`: every worker holds a copy of the weights, computes the
 gradient of its share of each global batch, and the gradients are summed across workers before
 each identical update (loop.py says how a run on N workers stays the one-process run). The cluster
-comes from `SlurmClusterResolver` (``slurm``: SLURM_PROCID, SLURM_STEP_NODELIST,
-SLURM_STEP_TASKS_PER_NODE of the `srun` step) or from the TF_CONFIG variable (``tf_config``: any
-other launcher, or processes started by hand). A restarted job restarts all of its workers (one
-that dies takes the others' collectives down with it); they resume from the chief's last
-checkpoint, which is why the workspace must be on a file system every worker sees. Only the chief
-writes the model folder.
+comes from `SlurmClusterResolver` (``slurm``: the `srun` step's SLURM_PROCID, SLURM_STEP_NODELIST,
+SLURM_STEP_TASKS_PER_NODE) or from TF_CONFIG (``tf_config``: any other launcher). A restarted job
+restarts all of its workers (one that dies takes the others' collectives down with it), which
+resume from the chief's last checkpoint: the workspace must be on a file system all of them see.
 """
 
 from __future__ import annotations

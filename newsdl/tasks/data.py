@@ -5,8 +5,8 @@ at BreakingNews size (100k articles) that is ~0.5 GB of text features plus the i
 The tf.data pipeline then only shuffles indices and gathers whole batches, one vectorised op
 per array, which keeps the input pipeline a small share of each training step.
 
-The inputs that are fitted (the TF-IDF vocabulary, on train only) or looked up (the gazetteer)
-are computed here too, by the same functions for train, evaluate and predict.
+The TF-IDF vocabulary, fitted on train only, is made here too, by the same functions for train,
+evaluate and predict.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from newsdl.errors import UserError
 from newsdl import defaults as td
+from newsdl.errors import UserError
+from newsdl.features.shards import positions_of, read_fc7
+from newsdl.features.text import OFFSET, read_text_arrays
 
 log = logging.getLogger("newsdl.tasks")
 
-# Token ids in features/text.parquet: 0 pads, 1 is a word outside the vocabulary, and id k >= 2 is
-# row k - 2 of word2vec.kv (see embedding_matrix).
-PAD_ID, OOV_ID, FIRST_WORD_ID = 0, 1, 2
 _LAST: dict = {}  # the corpus load_corpus read last, with its key
 
 
@@ -60,16 +59,12 @@ class Corpus:
                       self.available, None if self.words is None else [self.words[i] for i in rows])
 
 
-def article_texts(titles, bodies) -> list[str]:
-    from newsdl.features.tokenize import article_text
-
-    return [article_text(t, b) for t, b in zip(titles, bodies)]
-
-
 def corpus_from_articles(table) -> Corpus:
     """A Corpus from an ingest-shaped articles table (pyarrow), without feature arrays yet."""
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from newsdl.features.tokenize import article_text
 
     def col(name):
         column = table.column(name)
@@ -81,7 +76,8 @@ def corpus_from_articles(table) -> Corpus:
     split[split == None] = "test"  # noqa: E711
     labels = {name: col(name) for name in table.column_names
               if name not in ("id", "split", "title", "text") and not pa.types.is_list(table.schema.field(name).type)}
-    return Corpus(col("id").astype(str), split.astype(str), article_texts(col("title"), col("text")), labels,
+    texts = [article_text(t, b) for t, b in zip(col("title"), col("text"))]  # what every text feature reads
+    return Corpus(col("id").astype(str), split.astype(str), texts, labels,
                   {}, ("bow", "gaz"))
 
 
@@ -157,7 +153,7 @@ def load_corpus(ws: Path) -> Corpus:
     if fresh is not None:
         text_path = features / "text.parquet"
         if text_path.is_file():
-            corpus.arrays.update(_text_arrays(text_path, corpus.ids))
+            corpus.arrays.update(read_text_arrays(text_path, corpus.ids))
             available += [f for f in ("w2v_mean", "w2v_max") if f in corpus.arrays]
             if "tokens" in corpus.arrays and (features / "word2vec.kv").is_file():
                 available.append("tokens")
@@ -171,101 +167,6 @@ def load_corpus(ws: Path) -> Corpus:
     return corpus
 
 
-def positions_of(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Row of each ``wanted`` id in ``ids`` (-1 where absent)."""
-    order = np.argsort(ids)
-    found = np.searchsorted(ids, wanted, sorter=order)
-    found = np.clip(found, 0, len(ids) - 1)
-    rows = order[found]
-    return np.where(ids[rows] == wanted, rows, -1)
-
-
-def column_matrix(column) -> np.ndarray:
-    """A fixed-size-list (or list) column of floats as an [n, d] float32 matrix; nulls are zeros."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    n = len(column)
-    if n == 0:
-        return np.zeros((0, 0), np.float32)
-    if column.null_count:
-        width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
-        if width is None:
-            width = max((len(v) for v in column.to_pylist() if v is not None), default=0)
-        column = pc.fill_null(column, pa.scalar([0.0] * width, column.type))
-    if pa.types.is_fixed_size_list(column.type):
-        values = column.flatten().to_numpy(zero_copy_only=False)
-        return values.astype(np.float32, copy=False).reshape(n, column.type.list_size)
-    return np.asarray(column.to_pylist(), dtype=np.float32)
-
-
-def _text_arrays(path: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    schema = pq.read_schema(path)
-    columns = [c for c in ("article_id", "w2v_mean", "w2v_max", "tokens") if c in schema.names]
-    if "article_id" not in columns:
-        raise UserError(f"{path}: field 'article_id' is missing; rerun `newsdl featurize --force`")
-    table = pq.read_table(path, columns=columns)
-    rows = positions_of(ids, table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
-    keep = rows >= 0
-    out = {}
-    for name in ("w2v_mean", "w2v_max"):
-        if name in columns:
-            m = column_matrix(table.column(name))
-            full = np.zeros((len(ids), m.shape[1]), np.float32)
-            full[rows[keep]] = m[keep]
-            out[name] = full
-    if "tokens" in columns:
-        out["tokens"] = _pad_tokens(table.column("tokens"), rows, len(ids))
-    return out
-
-
-def _pad_tokens(column, rows: np.ndarray, n: int, length: int = td.CNN_TOKENS) -> np.ndarray:
-    """The first ``length`` token ids of each article, right-padded with PAD_ID, vectorised."""
-    import pyarrow as pa
-
-    column = column.combine_chunks()
-    if pa.types.is_large_list(column.type):
-        column = column.cast(pa.list_(pa.int32()))
-    out = np.full((n, length), PAD_ID, np.int32)
-    if len(column) == 0:
-        return out
-    offsets = column.offsets.to_numpy()
-    values = column.values.to_numpy(zero_copy_only=False).astype(np.int32)
-    starts, lens = offsets[:-1], np.minimum(np.diff(offsets), length)
-    valid = (rows >= 0) & np.asarray(column.is_valid().to_numpy(zero_copy_only=False), bool)
-    pos = np.arange(length)
-    take = (pos[None, :] < lens[:, None]) & valid[:, None]
-    src = np.where(take, starts[:, None] + pos[None, :], 0)
-    block = np.where(take, values[src] if len(values) else 0, PAD_ID)
-    out[rows[valid]] = block[valid]
-    return out
-
-
-def read_fc7(parts: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image_id, article_id, [n, d] FC7) of every featurized image in the features' parts."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    ids, articles, vecs = [], [], []
-    for part in parts:
-        table = pq.read_table(part, columns=["image_id", "article_id", "fc7"])
-        table = table.filter(pc.is_valid(table.column("fc7")))
-        if table.num_rows == 0:
-            continue
-        vecs.append(column_matrix(table.column("fc7")))
-        if vecs[-1].shape[1] != vecs[0].shape[1]:
-            raise UserError(f"{part}: field 'fc7' has {vecs[-1].shape[1]} values, other parts {vecs[0].shape[1]}; "
-                            f"rerun `newsdl featurize --force`")
-        ids.append(table.column("image_id").to_numpy(zero_copy_only=False).astype(str))
-        articles.append(table.column("article_id").to_numpy(zero_copy_only=False).astype(str))
-    if not vecs:
-        return np.zeros(0, str), np.zeros(0, str), np.zeros((0, 0), np.float32)
-    return np.concatenate(ids), np.concatenate(articles), np.vstack(vecs).astype(np.float32)
-
-
 def pool(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The mean of ``values`` per row in [0, n) (an article's images' FC7), and a mask [n, 1]: 1
     where a row has any (an article without images gets zeros, not made-up features)."""
@@ -276,7 +177,7 @@ def pool(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     return sums / np.maximum(counts, 1.0)[:, None], (counts > 0).astype(np.float32)[:, None]
 
 
-# ------------------------------------------------------------------ features fitted on train
+# ------------------------------------------------------------------ tokens
 
 def words(corpus: Corpus) -> list[list[str]]:
     """Each article's tokens (the suite's tokenizer), computed once per corpus: the bag of words,
@@ -286,67 +187,6 @@ def words(corpus: Corpus) -> list[list[str]]:
 
         corpus.words = [tokenize(t) for t in corpus.texts]
     return corpus.words
-
-
-def grams(tokens: list[str]) -> list[str]:
-    """Word 1-grams and 2-grams (defaults.BOW_NGRAMS) of a token list."""
-    lo, hi = td.BOW_NGRAMS
-    out = list(tokens) if lo <= 1 else []
-    for n in range(max(lo, 2), hi + 1):
-        out += [" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-    return out
-
-
-def bow_vectorizer(vocabulary: dict[str, int] | None = None, idf: np.ndarray | None = None):
-    """TF-IDF over the suite's tokens: word 1-2 grams, sublinear tf, l2-normalised rows."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vec = TfidfVectorizer(analyzer=grams, min_df=td.BOW_MIN_DF, max_features=td.BOW_VOCAB,
-                          sublinear_tf=True, dtype=np.float32, vocabulary=vocabulary)
-    if idf is not None:
-        vec.idf_ = np.asarray(idf, np.float64)
-    return vec
-
-
-def fit_bow(token_lists: list[list[str]]):
-    vec = bow_vectorizer()
-    try:
-        vec.fit(token_lists)
-    except ValueError:  # too few training articles for min_df: keep every term
-        vec.set_params(min_df=1).fit(token_lists)
-    return vec
-
-
-def save_bow(vec, path: Path) -> None:
-    from newsdl.workspace import write_json
-
-    vocab = sorted(vec.vocabulary_.items(), key=lambda kv: kv[1])
-    write_json(path, {"terms": [t for t, _ in vocab], "idf": [round(float(x), 6) for x in vec.idf_],
-                      "ngram_range": list(td.BOW_NGRAMS), "sublinear_tf": True})
-
-
-def load_bow(path: Path):
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return bow_vectorizer({t: i for i, t in enumerate(data["terms"])}, np.asarray(data["idf"]))
-
-
-def bow_arrays(matrix, terms: int = td.BOW_TERMS) -> dict[str, np.ndarray]:
-    """Each article's TF-IDF row (CSR) as its ``terms`` highest-weighted (id + 1, weight) pairs:
-    a dense [n, terms] layout the model turns into a weighted bag of term embeddings, which is
-    a dense layer over the sparse TF-IDF vector without ever materialising it."""
-    matrix = matrix.tocsr()
-    n = matrix.shape[0]
-    ids = np.zeros((n, terms), np.int32)
-    weights = np.zeros((n, terms), np.float32)
-    for row in range(n):
-        lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
-        cols, vals = matrix.indices[lo:hi], matrix.data[lo:hi]
-        if len(vals) > terms:
-            top = np.argpartition(-vals, terms - 1)[:terms]
-            cols, vals = cols[top], vals[top]
-        ids[row, :len(cols)] = cols + 1
-        weights[row, :len(vals)] = vals
-    return {"bow_ids": ids, "bow_w": weights}
 
 
 # ------------------------------------------------------------------ word vectors
@@ -369,26 +209,21 @@ def embedding_matrix(kv, dim: int = td.EMBED_DIM) -> np.ndarray:
     projected = (vectors - mean) @ axes.T
     dim = projected.shape[1]
     projected /= max(np.linalg.norm(projected, axis=1).mean(), 1e-8)
-    out = np.zeros((len(vectors) + FIRST_WORD_ID, td.EMBED_DIM), np.float32)
-    out[FIRST_WORD_ID:, :dim] = projected
+    out = np.zeros((len(vectors) + OFFSET, td.EMBED_DIM), np.float32)
+    out[OFFSET:, :dim] = projected
     return out
 
 
 # ------------------------------------------------------------------ tf.data
 
 def dataset(inputs: dict[str, np.ndarray], targets, rows: np.ndarray, batch_size: int, *,
-            seed: int | None = None, sample_weight: np.ndarray | None = None, epochs: tuple[int, int] | None = None):
-    """A tf.data pipeline over ``rows`` of in-memory arrays.
-
-    With ``seed``, batches are shuffled, with one permutation per epoch drawn from (seed, epoch),
-    and the dataset spans ``epochs`` = (first, last) so that a resumed run sees exactly the
-    batches an uninterrupted one would have. Without it, rows stay in order (val, test).
-    Every array is a tf constant; a batch is one gather per array.
-    """
+            sample_weight: np.ndarray | None = None):
+    """A tf.data pipeline over ``rows`` of in-memory arrays, in order (val, test, new articles;
+    training batches are loop.shard_batches'). Every array is a tf constant; a batch is one
+    gather per array, which a sequential map and prefetch keep off the step's critical path."""
     import tensorflow as tf
 
     rows = np.asarray(rows, np.int64)
-    n = len(rows)
     x = {k: tf.constant(v[rows]) for k, v in inputs.items()}
     y = tf.nest.map_structure(lambda a: tf.constant(a[rows]), targets)
     w = tf.constant(sample_weight[rows]) if sample_weight is not None else None
@@ -398,19 +233,7 @@ def dataset(inputs: dict[str, np.ndarray], targets, rows: np.ndarray, batch_size
         by = tf.nest.map_structure(lambda t: tf.gather(t, idx), y)
         return (bx, by, tf.gather(w, idx)) if w is not None else (bx, by)
 
-    if seed is None:
-        ds = tf.data.Dataset.range(n).batch(batch_size)
-    else:
-        first, last = epochs or (0, 1)
-
-        def one_epoch(epoch):
-            return tf.data.Dataset.range(n).shuffle(n, seed=seed * 100_003 + epoch,
-                                                    reshuffle_each_iteration=False).batch(batch_size)
-
-        ds = tf.data.Dataset.range(first, last).flat_map(one_epoch)
-    # One gather per array and batch is cheap enough for a sequential map; prefetch overlaps it
-    # with the training step.
-    ds = ds.map(gather)
     options = tf.data.Options()
     options.deterministic = True
+    ds = tf.data.Dataset.range(len(rows)).batch(batch_size).map(gather)
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

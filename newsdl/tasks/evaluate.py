@@ -53,26 +53,23 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, **options) -> dic
 
 
 def format_table(metrics: dict) -> str:
-    """The model against each baseline, one row each, the main metric marked with '*'."""
+    """The model against each baseline, one row each, the main metric marked with '*'; a nested
+    block of scores (illustrate's image_to_text) gets a table of its own."""
     t = get(metrics["task"])
     keys, main = list(t.metric_keys), metrics.get("main_metric", t.main_metric)
-    head = ["", *[k + ("*" if k == main else "") for k in keys]]
-    rows = [["model", *(metrics["test"][k] for k in keys)]]
-    rows += [[name, *(b[k] for k in keys)] for name, b in metrics["baselines"].items()]
-    width = max(len(str(r[0])) for r in rows + [head])
+    systems = {"model": metrics["test"], **metrics["baselines"]}
+    width = max(len(name) for name in systems)
 
-    def cell(v):
-        return f"{v:>10.4g}" if isinstance(v, float) else f"{v:>10}"
+    def rows(scores: dict) -> list[str]:
+        return [f"{name:<{width}} " + " ".join(f"{s[k]:>10.4g}" if isinstance(s[k], float) else f"{s[k]:>10}"
+                                                for k in keys) for name, s in scores.items()]
 
     lines = [f"{metrics['task']}: {metrics['n_test']} test {t.test_unit or t.unit} ({metrics['n_train']} train "
-             f"{t.unit})",
-             f"{head[0]:<{width}} " + " ".join(f"{h:>10}" for h in head[1:])]
-    lines += [f"{r[0]:<{width}} " + " ".join(cell(v) for v in r[1:]) for r in rows]
-    if isinstance(metrics["test"].get("image_to_text"), dict):  # illustrate's other direction
-        nested = [["model", *(metrics["test"]["image_to_text"][k] for k in keys)]]
-        nested += [[name, *(b["image_to_text"][k] for k in keys)] for name, b in metrics["baselines"].items()]
-        lines.append("image_to_text:")
-        lines += [f"{r[0]:<{width}} " + " ".join(cell(v) for v in r[1:]) for r in nested]
+             f"{t.unit})", " " * width + " " + " ".join(f"{k + ('*' if k == main else ''):>10}" for k in keys)]
+    lines += rows(systems)
+    for name, nested in metrics["test"].items():
+        if isinstance(nested, dict):
+            lines += [f"{name}:", *rows({n: s[name] for n, s in systems.items()})]
     verdict = "beats" if metrics.get("beats_every_baseline") else "does NOT beat"
     lines.append(f"the model {verdict} every baseline on {main} (* main metric)")
     return "\n".join(lines)

@@ -30,12 +30,12 @@ import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
 from newsdl import defaults as td  # noqa: E402
+from newsdl import geo  # noqa: E402
 from newsdl.tasks import metrics as M  # noqa: E402
 from newsdl.tasks.articles import ArticleTask  # noqa: E402
 from newsdl.errors import UserError  # noqa: E402
 from newsdl.tasks.models import build_trunk  # noqa: E402
 
-HEADS = ("regress", "cells")
 _EPS = 1e-7
 
 
@@ -54,18 +54,19 @@ class Geoloc(ArticleTask):
         return value
 
     def heads(self, s):
-        return list(HEADS) if s["head"] == "auto" else [s["head"]]
+        return [h for h in td.HEADS if h != "auto"] if s["head"] == "auto" else [s["head"]]
 
     def labelled(self, corpus):
         return ~np.isnan(corpus.lat) & ~np.isnan(corpus.lon)
 
     def fit(self, corpus, train_rows, seed):
-        return {"cells": make_cells(M.to_unit(corpus.lat[train_rows], corpus.lon[train_rows]), seed)}
+        return {"cells": make_cells(geo.to_unit(corpus.lat[train_rows], corpus.lon[train_rows]), seed)}
 
     def targets(self, corpus, fitted, x):
         """latlon, the cell (for the cells head) and, with the gazetteer, which named place is right."""
+        xyz = geo.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
         y = {"latlon": np.stack([corpus.lat, corpus.lon], axis=1).astype(np.float32),
-             "cell": nearest_cell(M.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon)), fitted["cells"])}
+             "cell": np.argmax(xyz @ np.asarray(fitted["cells"], float).T, axis=1).astype(np.int32)}
         if "gaz_xyz" in x:
             y["trust"] = trust_labels(corpus, x)
         return y
@@ -93,7 +94,7 @@ class Geoloc(ArticleTask):
         va = data.rows["val"]
         truth = data.y["latlon"][va].astype(float)
         pred = outputs["latlon"].astype(float)
-        return {"val_km": float(np.mean(M.gcd_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])))}
+        return {"val_km": float(np.mean(geo.gcd_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])))}
 
     def decode(self, outputs, fitted):
         latlon = np.asarray(outputs["latlon"], float)
@@ -127,18 +128,14 @@ def make_cells(xyz: np.ndarray, seed: int) -> list[list[float]]:
         centres = distinct
     else:
         centres = KMeans(k, n_init=4, random_state=seed).fit(xyz).cluster_centers_
-    return M.spherical_mean(centres[:, None, :]).round(6).tolist()
-
-
-def nearest_cell(xyz: np.ndarray, cells) -> np.ndarray:
-    return np.argmax(xyz @ np.asarray(cells, float).T, axis=1).astype(np.int32)
+    return geo.spherical_mean(centres[:, None, :]).round(6).tolist()
 
 
 def trust_labels(corpus, x: dict) -> np.ndarray:
     """1 + the index of the nearest named place within TRUST_KM of the truth, else 0 (own)."""
-    truth = M.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
+    truth = geo.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
     cos = np.einsum("nkd,nd->nk", x["gaz_xyz"].astype(float), truth)
-    km = np.arccos(np.clip(cos, -1, 1)) * M.EARTH_RADIUS_KM
+    km = np.arccos(np.clip(cos, -1, 1)) * geo.EARTH_RADIUS_KM
     km = np.where(x["gaz_mask"] > 0, km, np.inf)
     nearest = np.argmin(km, axis=1)
     return np.where(km[np.arange(len(km)), nearest] <= td.TRUST_KM, nearest + 1, 0).astype(np.int32)
@@ -149,7 +146,7 @@ def medoid(lat, lon, max_candidates: int = td.MEDOID_CANDIDATES, seed: int = 0) 
     ``max_candidates`` distinct ones, the most frequent first)."""
     pts, counts = np.unique(np.stack([lat, lon], axis=1).round(5), axis=0, return_counts=True)
     cand = pts[np.argsort(-counts, kind="stable")[:max_candidates]]
-    xyz_all, xyz_c = M.to_unit(pts[:, 0], pts[:, 1]), M.to_unit(cand[:, 0], cand[:, 1])
+    xyz_all, xyz_c = geo.to_unit(pts[:, 0], pts[:, 1]), geo.to_unit(cand[:, 0], cand[:, 1])
     total = np.zeros(len(cand))
     for lo in range(0, len(pts), 4096):  # chunks bound the [candidates, points] matrix
         cos = np.clip(xyz_c @ xyz_all[lo:lo + 4096].T, -1, 1)
@@ -162,7 +159,7 @@ def baselines(corpus, inputs, features, rows: dict, fitted) -> dict:
     """Constant (training medoid), kNN on the model's dense features (k on val) and the
     gazetteer's most-mentioned place (the medoid where no place is named), on the test rows."""
     from newsdl.tasks.baselines import dense_features
-    from newsdl.tasks.gazetteer import gazetteer
+    from newsdl.features.gazetteer import gazetteer
 
     tr, va, te = rows["train"], rows["val"], rows["test"]
     c_lat, c_lon = medoid(corpus.lat[tr], corpus.lon[tr])
@@ -182,21 +179,19 @@ def baselines(corpus, inputs, features, rows: dict, fitted) -> dict:
 def _knn(X, corpus, tr, va, te) -> dict:
     from sklearn.neighbors import NearestNeighbors
 
-    xyz = M.to_unit(corpus.lat[tr], corpus.lon[tr])
+    from newsdl.tasks.baselines import best_on_val
+
+    xyz = geo.to_unit(corpus.lat[tr], corpus.lon[tr])
     nn = NearestNeighbors().fit(X[tr])
 
     def predict(rows, k):
         _, idx = nn.kneighbors(X[rows], n_neighbors=min(k, len(tr)))
-        lat, lon = M.from_unit(M.spherical_mean(xyz[idx]))
+        lat, lon = geo.from_unit(geo.spherical_mean(xyz[idx]))
         return lat, lon
 
-    best_k = td.KNN_K[0]
-    if len(va):
-        errors = {}
-        for k in td.KNN_K:
-            lat, lon = predict(va, k)
-            errors[k] = float(np.mean(M.gcd_km(corpus.lat[va], corpus.lon[va], lat, lon)))
-        best_k = min(errors, key=errors.get)
+    best_k, _ = best_on_val(td.KNN_K, lambda k: k,
+                            lambda k: -float(np.mean(geo.gcd_km(corpus.lat[va], corpus.lon[va], *predict(va, k)))),
+                            len(va) > 0)
     lat, lon = predict(te, best_k)
     return {"lat": lat, "lon": lon, "params": {"k": best_k}}
 

@@ -101,18 +101,13 @@ class Illustrate(mm.ImageTask):
 
     def evaluate(self, ws, saved):
         """Rank the test split both ways with the model, CCA and random."""
-        images = mm.load_images(ws)
+        images = mm.load_images(ws, saved.fitted)
         rows = _rows(images, saved.config["seed"])
         test = rows["test"]
         if len(test) < 2:
             raise UserError(f"{ws / 'ingest' / 'articles.parquet'}: fewer than two test articles with an image "
                             f"(field 'split'), nothing to rank for illustrate")
         text, fc7 = _text(images.text)[test], images.fc7[test]
-        fitted = saved.fitted
-        if fc7.shape[1] != fitted["fc7_dim"] or text.shape[1] != fitted["text_dim"]:
-            raise UserError(f"{saved.folder / 'config.json'}: the model reads {fitted['fc7_dim']}-d FC7 and "
-                            f"{fitted['text_dim']}-d text, the workspace has {fc7.shape[1]} and {text.shape[1]}; "
-                            f"retrain with `newsdl train illustrate --force`")
         t_emb, i_emb = embed(self.load_model(saved.folder / MODEL), text, fc7)
         cca = R.CCA.load(saved.folder / CCA)
         embeddings = {"model": (t_emb, i_emb), "cca": (cca.transform_x(text), cca.transform_y(fc7))}
@@ -167,13 +162,13 @@ def build_model(text_train: np.ndarray, fc7_train: np.ndarray):
     import keras
     from keras import layers
 
+    from newsdl.tasks.models import normalizer
+
     reg = keras.regularizers.L2(td.ILLUSTRATE_L2)
 
     def tower(name, data):
         inp = keras.Input((data.shape[1],), name=name)
-        norm = layers.Normalization(name=f"{name}_norm")
-        norm.adapt(data)
-        h = layers.Dropout(td.ILLUSTRATE_DROPOUT, name=f"{name}_dropout")(norm(inp))
+        h = layers.Dropout(td.ILLUSTRATE_DROPOUT, name=f"{name}_dropout")(normalizer(f"{name}_norm", data)(inp))
         h = layers.Dense(td.ILLUSTRATE_HIDDEN, activation="relu", kernel_regularizer=reg, name=f"{name}_hidden")(h)
         h = layers.Dropout(td.ILLUSTRATE_DROPOUT, name=f"{name}_hidden_dropout")(h)
         h = layers.Dense(td.ILLUSTRATE_DIM, kernel_regularizer=reg, name=f"{name}_projection")(h)

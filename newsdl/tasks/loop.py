@@ -18,18 +18,19 @@ workers is the one-process run with its global batch cut in N:
 tests/test_distributed.py holds two workers to the one-process run within defaults.DIST_VAL_LOSS_RTOL.
 
 What the loop owns, once for every task:
-- the untrained model is a candidate: a trained epoch replaces it only when better on val by the
-  task's min_delta (it is a closed-form linear model or a gazetteer look-up for the article tasks);
-- early stopping on the task's monitored value (min or max) with its patience, and the best
-  epoch's model kept in runs/HEAD/best.keras (written, then renamed);
-- resume: a tf.train.CheckpointManager in runs/HEAD/backup/ saves the model, the optimizer (its
-  step count drives the learning rate) and the loop's state (epoch, early stopping's best and
-  count, the best checkpoint's value and epoch) after each epoch; a killed run restarts after its
-  last finished epoch and ends with the weights of an uninterrupted one. Only the chief writes (the
-  other workers save to a temporary folder they delete: saving is a collective step);
-- history.csv (one row per epoch), TensorBoard scalars in logs/HEAD/, one log line per epoch and
-  a bar within the epoch on a terminal;
-- SIGUSR1/SIGTERM (preempt.py) on any worker: all leave at the same step and exit 75 (requeue me).
+- the untrained model is a candidate (a closed-form linear model or the gazetteer's look-up for the
+  article tasks): a trained epoch replaces it only when better on val by the task's min_delta;
+- early stopping on the task's monitored value (min or max), the best epoch's model kept in
+  runs/HEAD/best.keras (written, then renamed);
+- resume: a tf.train.CheckpointManager in runs/HEAD/backup/ saves the model, the optimizer (whose
+  step count drives the learning rate) and the loop's state (EPOCH...BEST_EPOCH) after each epoch,
+  so a killed run ends with the weights of an uninterrupted one. Only the chief writes (the others
+  save to a temporary folder they delete: saving is a collective step);
+- history.csv, TensorBoard scalars in logs/HEAD/, a log line per epoch (a bar within it on a tty);
+- SIGUSR1/SIGTERM on any worker (SLURM's warning before a time limit or a preemption, which the
+  job scripts forward): all leave at the same step by raising Preempted, exit 75 (checkpointed,
+  requeue me). The cut epoch writes no history row and no checkpoint, so the requeued run resumes
+  after the last finished epoch: the running epoch is lost, never a finished one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +58,41 @@ log = logging.getLogger("newsdl.tasks")
 # The loop's state in the checkpoint: the next epoch, early stopping's best (sign x value: lower is
 # better) and count, the best checkpoint's value (sign x value) and epoch (0: the untrained model).
 EPOCH, BEST, WAIT, SAVED, BEST_EPOCH = range(5)
+
+
+# ------------------------------------------------------------------ stop signals
+
+SIGNALS = ("SIGUSR1", "SIGTERM")
+_stop = {"signal": None, "installed": False}
+
+
+class Preempted(SystemExit):
+    """Training stopped on a signal after its last checkpoint; the process exits with its code."""
+
+    def __init__(self, signame: str):
+        super().__init__(td.PREEMPTED_EXIT)
+        self.signame = signame
+
+
+def _on_signal(signum, frame) -> None:
+    _stop["signal"] = signal.Signals(signum).name
+
+
+def install() -> bool:
+    """Catch SIGUSR1 and SIGTERM from now on (main thread only); True if installed."""
+    if _stop["installed"]:
+        return True
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for name in SIGNALS:
+        signal.signal(getattr(signal, name), _on_signal)
+    _stop["installed"] = True
+    return True
+
+
+def requested() -> str | None:
+    """The signal that asked training to stop, if one came."""
+    return _stop["signal"]
 
 
 class Cluster:
@@ -118,12 +156,12 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
     import keras
     import tensorflow as tf
 
-    from newsdl.tasks import preempt
+    from newsdl.tasks.data import dataset
 
     name = task.name if head == "default" else f"{task.name}/{head}"
     who = f" ({cluster.name})" if cluster.name else ""
     strategy = cluster.strategy
-    preempt.install()
+    install()
     set_determinism(s["seed"])
     rows = data.rows
     n_train, n_val, batch = len(rows["train"]), len(rows["val"]), s["batch_size"]
@@ -167,11 +205,9 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
     weighted = data.weight is not None
     train_ds = shard_batches(strategy, data.x, data.y, rows["train"], batch, data.weight, seed=s["seed"],
                              epochs=(start, s["epochs"]))
-    val_weight = (data.weight > 0).astype(np.float32) if weighted else np.ones(len(next(iter(data.x.values()))),
-                                                                                 np.float32)
-    from newsdl.tasks.data import dataset
-
-    val_ds = dataset(data.x, data.y, rows["val"], batch, sample_weight=val_weight)
+    # Val counts every labelled example once (a weight 0 in training: a label the model cannot have).
+    val_weight = (data.weight > 0) if weighted else np.ones(len(next(iter(data.x.values()))), bool)
+    val_ds = dataset(data.x, data.y, rows["val"], batch, sample_weight=val_weight.astype(np.float32))
     train_step, val_step, regularization = _steps(task, strategy, model, optimizer, cluster.replicas, weighted)
     write_dir = str(backup) if cluster.chief else tempfile.mkdtemp(prefix=f"newsdl-{task.name}-worker-")
     manager = tf.train.CheckpointManager(checkpoint, write_dir, max_to_keep=2)
@@ -211,7 +247,7 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
             sums = {}
             with _bar(f"{name} epoch {epoch + 1}/{s['epochs']}", steps) as bar:
                 for _ in range(steps):
-                    out = train_step(iterator, tf.constant(1.0 if preempt.requested() else 0.0))
+                    out = train_step(iterator, tf.constant(1.0 if requested() else 0.0))
                     if out.pop("stop") > 0:
                         _preempted(name, who, f"during epoch {epoch + 1}")
                     n = out.pop("n")
@@ -242,7 +278,7 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
                 shutil.rmtree(write_dir, ignore_errors=True)
             log.info("%s epoch %d/%d%s: loss %.4g, %s %.4g (%.1f s, %.0f %s/s)", name, epoch + 1, s["epochs"], who,
                      logs["loss"], task.monitor, logs[task.monitor], dt, n_train / dt, task.unit)
-            if cluster.total([1.0 if preempt.requested() else 0.0])[0] > 0:
+            if cluster.total([1.0 if requested() else 0.0])[0] > 0:
                 _preempted(name, who, f"after epoch {epoch + 1}")
             if st[WAIT] >= s["patience"]:
                 log.info("%s: early stopping after epoch %d: best %s %.4g at epoch %d", name, epoch + 1,
@@ -277,27 +313,23 @@ def _column(key: str, prefix: str = "") -> str:
 
 
 def _bar(desc: str, steps: int):
+    """A bar within each epoch on a terminal; in batch logs the epoch's own line is enough."""
     import contextlib
+    import types
 
     from newsdl.progress import Progress, interactive
 
-    class Silent:
-        def update(self, n):
-            pass
-
-    # On a terminal, a bar within each epoch; in batch logs the epoch's own line is enough.
-    return Progress(desc, total=steps, unit="steps") if interactive() else contextlib.nullcontext(Silent())
+    silent = types.SimpleNamespace(update=lambda n: None)
+    return Progress(desc, total=steps, unit="steps") if interactive() else contextlib.nullcontext(silent)
 
 
 def _preempted(name: str, who: str, when: str):
     """Leave training on every worker at once (a worker alone would hang its peers' collectives),
-    keeping the last finished epoch's checkpoint: preempt.py's exit status asks for a requeue."""
-    from newsdl.tasks import preempt
-
-    signame = preempt.requested() or "another worker's stop signal"
+    keeping the last finished epoch's checkpoint: the exit status asks for a requeue."""
+    signame = requested() or "another worker's stop signal"
     log.warning("%s%s: %s received %s: leaving training; exit %d (a requeued job resumes after the last "
                 "finished epoch)", name, who, signame, when, td.PREEMPTED_EXIT)
-    raise preempt.Preempted(signame)
+    raise Preempted(signame)
 
 
 def reseed(model, seed: int, epoch: int) -> None:

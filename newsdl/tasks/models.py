@@ -11,8 +11,8 @@ Trunk (the BreakingNews "adaptive CNN" layout): each feature family has its own 
   gaz: the gazetteer's top places (geoloc only).
 The branches are concatenated and go through the shared dense layers, then the task's head.
 
-Every custom layer is registered under the package "newsdl" with a full get_config, so a model
-file loads with ``keras.models.load_model(path, safe_mode=True)`` and no code from the file runs.
+Custom layers (geoloc's) are registered under the package "newsdl" with a full get_config, so a
+model file loads with ``keras.models.load_model(path, safe_mode=True)`` and no code from it runs.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def _dense(units, name, activation="relu"):
                               kernel_regularizer=keras.regularizers.L2(td.L2))
 
 
-def _normalizer(name: str, data: np.ndarray):
+def normalizer(name: str, data: np.ndarray):
     """Standardisation with the training rows' statistics, stored in the model's weights."""
     layer = keras.layers.Normalization(axis=-1, name=name)
     layer.adapt(data if len(data) else np.zeros((1, data.shape[1]), np.float32))
@@ -57,7 +57,7 @@ def build_trunk(features: list[str], train_inputs: dict[str, np.ndarray], fitted
     for name in ("w2v_mean", "w2v_max"):
         if name in features:
             dim = train_inputs[name].shape[1]
-            x = _normalizer(f"{name}_norm", train_inputs[name])(inp(name, (dim,)))
+            x = normalizer(f"{name}_norm", train_inputs[name])(inp(name, (dim,)))
             wide["dense"].append(x)
             branches.append(_dense(td.BRANCH, f"{name}_dense")(x))
     if "tokens" in features:
@@ -85,7 +85,7 @@ def build_trunk(features: list[str], train_inputs: dict[str, np.ndarray], fitted
     if "fc7" in features:
         dim = train_inputs["fc7"].shape[1]
         present = train_inputs["fc7_mask"][:, 0] > 0
-        x = _normalizer("fc7_norm", train_inputs["fc7"][present])(inp("fc7", (dim,)))
+        x = normalizer("fc7_norm", train_inputs["fc7"][present])(inp("fc7", (dim,)))
         mask = inp("fc7_mask", (1,))
         wide["dense"] += [keras.layers.Multiply(name="fc7_norm_masked")([x, mask]), mask]
         x = keras.layers.Dropout(td.DROPOUT, name="fc7_dropout")(x)

@@ -44,11 +44,13 @@ class Images:
         return len(self.image_id)
 
 
-def load_images(ws: Path) -> Images:
-    """Every featurized image of ``ws`` whose article has text features, in ingest order."""
+def load_images(ws: Path, fitted: dict | None = None) -> Images:
+    """Every featurized image of ``ws`` whose article has text features, in ingest order; with a
+    trained model's ``fitted``, checked to have the sizes it reads."""
     import pyarrow.parquet as pq
 
-    from newsdl.tasks.data import load_corpus, positions_of, read_fc7
+    from newsdl.features.shards import positions_of, read_fc7
+    from newsdl.tasks.data import load_corpus
 
     corpus = load_corpus(ws)
     if "fc7" not in corpus.available:
@@ -80,6 +82,11 @@ def load_images(ws: Path) -> Images:
     image_id, fc7, at, article_id, rows = image_id[keep], fc7[keep], at[keep], article_id[keep], rows[keep]
     lead = np.ones(len(rows), bool)
     lead[1:] = article_id[1:] != article_id[:-1]
+    have = {"fc7_dim": fc7.shape[1], "text_dim": sum(corpus.arrays[f].shape[1] for f in td.MULTIMODAL_TEXT)}
+    for key, want in ((k, (fitted or {}).get(k)) for k in have):
+        if want is not None and int(want) != have[key]:
+            raise UserError(f"{ws / 'features'}: {have[key]} values where the model reads {want} ({key}); retrain "
+                            f"after featurize")
     return Images(image_id, article_id, corpus.split[rows].astype(str), [captions[i] or "" for i in at], fc7,
                   {f: corpus.arrays[f][rows] for f in td.MULTIMODAL_TEXT}, lead)
 

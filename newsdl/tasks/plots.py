@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from newsdl import defaults as td
+from newsdl.geo import gcd_km
 from newsdl.tasks import metrics as M
 from newsdl.workspace import atomic_path
 
@@ -32,7 +33,7 @@ def error_cdf(path: Path, corpus, preds: dict) -> str:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pred in preds.items():
-        d = np.sort(M.gcd_km(corpus.lat, corpus.lon, pred["lat"], pred["lon"]))
+        d = np.sort(gcd_km(corpus.lat, corpus.lon, pred["lat"], pred["lon"]))
         ax.step(np.maximum(d, 0.1), np.arange(1, len(d) + 1) / len(d), where="post", label=name,
                 linewidth=2.2 if name == "model" else 1.2)
     for km in td.ACC_KM:

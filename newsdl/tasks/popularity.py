@@ -85,7 +85,7 @@ class Popularity(ArticleTask):
         """The training mean, and ridge regression on the model's features (alpha chosen on val)."""
         from sklearn.linear_model import Ridge
 
-        from newsdl.tasks.baselines import all_features
+        from newsdl.tasks.baselines import all_features, best_on_val
 
         tr, va, te = rows["train"], rows["val"], rows["test"]
         y = np.log1p(corpus.comments)
@@ -94,14 +94,9 @@ class Popularity(ArticleTask):
         if X is None:
             return out
 
-        def model(alpha):
-            return Ridge(alpha=alpha).fit(X[tr], y[tr])
-
-        best = 1.0
-        if len(va):
-            rho = {a: M.spearman(y[va], model(a).predict(X[va])) for a in td.RIDGE_ALPHA}
-            best = max(rho, key=lambda a: (rho[a], a))
-        out["ridge"] = {"comments": model(best).predict(X[te]), "params": {"alpha": best}}
+        alpha, model = best_on_val(td.RIDGE_ALPHA if len(va) else (1.0,), lambda a: Ridge(alpha=a).fit(X[tr], y[tr]),
+                                   lambda m: M.spearman(y[va], m.predict(X[va])), len(va) > 0)
+        out["ridge"] = {"comments": model.predict(X[te]), "params": {"alpha": alpha}}
         return out
 
     def plots(self, folder, corpus, preds, fitted):

@@ -75,26 +75,15 @@ class Source(ArticleTask):
 
     def baselines(self, corpus, inputs, features, rows, fitted):
         """Majority class, and TF-IDF word 1-2 grams + logistic regression (C chosen on val)."""
-        import copy
-
-        from sklearn.linear_model import LogisticRegression
-
-        from newsdl.tasks.baselines import tfidf
+        from newsdl.tasks.baselines import logreg_on_val, tfidf
 
         tr, va, te = rows["train"], rows["val"], rows["test"]
         y = corpus.source.astype(str)
         values, counts = np.unique(y[tr], return_counts=True)
         out = {"majority": {"label": np.full(len(te), values[np.argmax(counts)], dtype=object)}}
         X = tfidf(corpus, features, fitted, tr)
-        # Each C starts from the previous solution (warm start), so the search costs about one fit.
-        model = LogisticRegression(class_weight="balanced", max_iter=2000, warm_start=True)
-        best, best_acc = None, -1.0
-        for c in (td.LOGREG_C if len(va) else (1.0,)):
-            model.set_params(C=c).fit(X[tr], y[tr])
-            acc = float(np.mean(model.predict(X[va]) == y[va])) if len(va) else 0.0
-            if acc > best_acc:
-                best, best_acc = copy.deepcopy(model), acc
-        out["tfidf_logreg"] = {"label": best.predict(X[te]), "params": {"C": best.C}}
+        c, best = logreg_on_val(X[tr], y[tr], X[va], y[va], td.LOGREG_C if len(va) else (1.0,))
+        out["tfidf_logreg"] = {"label": best.predict(X[te]), "params": {"C": c}}
         return out
 
     def plots(self, folder, corpus, preds, fitted):

@@ -52,10 +52,6 @@ class Saved:
     config: dict
     fitted: dict
 
-    @property
-    def features(self) -> list[str]:
-        return self.config.get("features", [])
-
 
 @dataclass
 class Batch:

@@ -1,17 +1,10 @@
 """`newsdl train TASK`: train a task's model on the workspace's features, resumably and
 deterministically, in one process or on several workers (--distributed); the same for every task.
 
-Layout of DIR/models/TASK/:
-  model.keras      the chosen model (Keras format, loaded in safe mode)
-  config.json      the settings, what was fitted on train, each head's val outcome, a summary
-  history.csv      the chosen run's per-epoch losses and val values
-  (task files)     what the task fitted on train and reads back (bow.json, vocab.json, cca.npz)
-  logs/HEAD/       TensorBoard scalars
-  runs/HEAD/       one training run: run.json (its identity), best.keras, history.csv, backup/
-                   (the loop's checkpoints), done.json (its outcome, once finished)
-  manifest.json    written last
-
-A task with several heads (geoloc --head auto) trains each in its own run and keeps the better on
+DIR/models/TASK/ gets the chosen model.keras, config.json (the settings, what was fitted on train,
+each head's val outcome, a summary), its history.csv, the task's fitted files (Task.save), the
+TensorBoard scalars in logs/HEAD/, one folder per training run in runs/HEAD/ (docs/spec.md section
+5), and manifest.json last. A task with several heads (geoloc --head auto) trains each in its own run and keeps the better on
 its monitored val value. A killed run resumes from its last finished epoch (loop.py); a run made
 with other settings or inputs starts afresh.
 """
