@@ -224,6 +224,7 @@ def test_status_falls_back_to_manifests_without_a_scheduler(tmp_path, ingested_w
     assert re.search(r"merge\s+unknown\s+job 9: the scheduler no longer lists the job", proc.stdout)
 
 
+@pytest.mark.slow
 def test_sigusr1_mid_epoch_exits_75_and_keeps_the_last_finished_epoch(tmp_path):
     """SIGUSR1 during epoch 3 of the training loop: it leaves at the next step with exit 75, and the
     checkpoint and history.csv stay those of epoch 2. The task is a 20-line linear regression, which

@@ -28,6 +28,7 @@ def _weights(task, path):
     return get(task).load_model(path).get_weights()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["geoloc", "source", "popularity"])
 def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task):  # noqa: F811
     from newsdl.tasks import get
@@ -111,6 +112,7 @@ def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task): 
     assert not any(p.name.startswith(".tmp-") for p in folder.rglob("*"))
 
 
+@pytest.mark.slow
 def test_models_load_in_safe_mode_and_reruns_are_no_ops(trained_workspace):  # noqa: F811
     import keras
 
@@ -128,6 +130,7 @@ def test_models_load_in_safe_mode_and_reruns_are_no_ops(trained_workspace):  # n
     assert (folder / "metrics.json").stat().st_mtime_ns == metrics_written  # up to date: not recomputed
 
 
+@pytest.mark.slow
 def test_same_seed_same_model_other_seed_other_model(featurized_workspace, tmp_path):  # noqa: F811
     from newsdl.tasks import train_task
 
@@ -142,6 +145,7 @@ def test_same_seed_same_model_other_seed_other_model(featurized_workspace, tmp_p
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+@pytest.mark.slow
 def test_a_killed_training_resumes_where_it_stopped(featurized_workspace, tmp_path):  # noqa: F811
     """Kill `newsdl train` once its second epoch is checkpointed; the rerun resumes after it and
     ends with the history, outcome and very weights of a run that was never interrupted."""
@@ -196,6 +200,7 @@ class ScriptedTask(Task):
         return {"val_script": self.script[epoch]}
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_early_stopping_count_in_both_directions(tmp_path):
     """The loop's checkpoint holds early stopping's count: a run resumed after epoch 2 (its count
     at 1) stops after epoch 4 with patience 3, as the uninterrupted run does, not after epoch 5;
@@ -230,6 +235,7 @@ def test_a_resumed_run_keeps_its_early_stopping_count_in_both_directions(tmp_pat
         assert fit(task, resumed, 8) == (history, outcome)
 
 
+@pytest.mark.slow
 def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_path):  # noqa: F811
     """Drop the image features of some articles: they get mask 0, and the model's output for
     them does not depend on whatever sits in their fc7 slot."""
@@ -325,6 +331,7 @@ def test_gazetteer_ranks_places_and_resolves_names():
     assert feats["gaz_xyz"].shape == (2, 3, 3) and feats["gaz_feat"].shape == (2, 3 * 4 + 2)
 
 
+@pytest.mark.slow
 def test_cli_user_errors_exit_2_with_one_line(featurized_workspace, trained_workspace, tmp_path):  # noqa: F811
     (tmp_path / "new.jsonl").write_text(json.dumps({"id": "n1", "text": "Rain in Sydney."}) + "\n")
     cases = [
