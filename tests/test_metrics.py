@@ -122,3 +122,25 @@ def test_medoid_is_the_training_point_with_least_total_distance():
     lat = np.array([51.5, 51.6, 51.7, -33.9])
     lon = np.array([-0.1, -0.1, -0.1, 151.2])
     assert medoid(lat, lon) == pytest.approx((51.6, -0.1))
+
+
+def test_paired_bootstrap_intervals_are_paired_seeded_and_honest():
+    """A system identical to the model differs by exactly 0 on every resample; one worse on every
+    example has an interval clear of 0; a coin flip's interval spans 0; the same seed, the same."""
+    rng = np.random.default_rng(0)
+    n = 200
+    truth = rng.integers(0, 2, n)
+    systems = {"model": truth.copy(), "same": truth.copy(), "coin": rng.integers(0, 2, n),
+               "always_wrong": 1 - truth}
+
+    def resample(idx):
+        return {name: {"accuracy": float(np.mean(pred[idx] == truth[idx]))} for name, pred in systems.items()}
+
+    out = M.paired_bootstrap(resample, n, ["accuracy"], seed=3, resamples=300)
+    assert set(out) == {"same", "coin", "always_wrong"}
+    assert out["same"]["accuracy"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    assert out["always_wrong"]["accuracy"]["diff"] == 1.0 and out["always_wrong"]["accuracy"]["ci95"] == [1.0, 1.0]
+    lo, hi = out["coin"]["accuracy"]["ci95"]
+    assert lo < out["coin"]["accuracy"]["diff"] < hi and 0.3 < out["coin"]["accuracy"]["diff"] < 0.7
+    assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.25 / n), rel=0.35)  # the binomial's width
+    assert M.paired_bootstrap(resample, n, ["accuracy"], seed=3, resamples=300) == out

@@ -49,6 +49,13 @@ def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task): 
     assert metrics["main_metric"] == t.main_metric and t.main_metric in t.metric_keys
     assert metrics["beats_every_baseline"] == all(M.beats(t, metrics["test"], b)
                                                   for b in metrics["baselines"].values())
+    # Each baseline's paired difference on every metric, with its 95% bootstrap interval.
+    assert set(metrics["vs_baselines"]) == BASELINES[task]
+    for name, vs in metrics["vs_baselines"].items():
+        assert list(vs) == list(t.metric_keys), name
+        for k, d in vs.items():
+            assert d["diff"] == pytest.approx(metrics["test"][k] - metrics["baselines"][name][k]), (name, k)
+            assert d["ci95"][0] <= d["ci95"][1], (name, k)
     # The model, its config and history, plots and the manifest, written last.
     for name in ("model.keras", "config.json", "history.csv", "manifest.json"):
         assert (folder / name).is_file(), name

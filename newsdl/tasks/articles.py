@@ -226,8 +226,14 @@ class ArticleTask(Task):
         preds = {"model": self.decode(predict_outputs(model, x, rows["test"], saved.config["batch_size"]), fitted)}
         preds.update(self.baselines(corpus, x, features, rows, fitted))
         test = corpus.take(rows["test"])
+
+        def resample(idx):  # every system's scores on the test rows ``idx`` (paired_bootstrap)
+            sub = test.take(idx)
+            return {name: self.score(sub, {k: np.asarray(v)[idx] for k, v in pred.items() if k != "params"}, fitted)
+                    for name, pred in preds.items()}
+
         result = {"n_train": len(rows["train"]), "n_test": len(rows["test"]), "n_val": len(rows["val"]),
-                  "scores": {name: self.score(test, pred, fitted) for name, pred in preds.items()},
+                  "scores": {name: self.score(test, pred, fitted) for name, pred in preds.items()}, "resample": resample,
                   "model": {"features": features},
                   "baseline_params": {name: p["params"] for name, p in preds.items() if "params" in p}}
         return result, self.plots(saved.folder, test, preds, fitted)

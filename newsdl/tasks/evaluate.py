@@ -39,6 +39,7 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, **options) -> dic
             return stored
         t0, started = time.monotonic(), workspace.now()
         result, plots = t.evaluate(ws, saved, **options)
+        resample = result.pop("resample", None)
         scores = result.pop("scores")
         model_scores = scores.pop("model")
         summary = saved.config.get("summary", {})
@@ -48,6 +49,9 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, **options) -> dic
                    "model": {"head": saved.config.get("head"), "best_epoch": summary.get("best_epoch"),
                              "n_val": int(result.pop("n_val")), **options, **result.pop("model", {})},
                    **result}
+        if resample is not None:  # caption's corpus-level BLEU and METEOR have no per-image share yet
+            metrics["vs_baselines"] = M.paired_bootstrap(resample, metrics["n_test"], t.metric_keys,
+                                                         saved.config["seed"])
         write_evaluation(saved.folder, metrics, plots, inputs_meta, key, started, time.monotonic() - t0)
         return metrics
 
@@ -70,6 +74,10 @@ def format_table(metrics: dict) -> str:
     for name, nested in metrics["test"].items():
         if isinstance(nested, dict):
             lines += [f"{name}:", *rows({n: s[name] for n, s in systems.items()})]
+    for name, vs in metrics.get("vs_baselines", {}).items():
+        d = vs[main]
+        lines.append(f"model - {name}: {main} {d['diff']:+.4g} (95% interval {d['ci95'][0]:+.4g} to "
+                     f"{d['ci95'][1]:+.4g}, paired bootstrap over test examples)")
     verdict = "beats" if metrics.get("beats_every_baseline") else "does NOT beat"
     lines.append(f"the model {verdict} every baseline on {main} (* main metric)")
     return "\n".join(lines)

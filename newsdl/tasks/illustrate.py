@@ -118,6 +118,8 @@ class Illustrate(mm.ImageTask):
         ranks["random"] = (R.ranks_from_similarity(rand), R.ranks_from_similarity(rand.T))
         scores = {name: {**R.recall_metrics(a), "image_to_text": R.recall_metrics(b)} for name, (a, b) in ranks.items()}
         result = {"n_train": len(rows["train"]), "n_test": len(test), "n_val": len(rows["val"]), "scores": scores,
+                  # Queries resampled against the whole test gallery, text to image.
+                  "resample": lambda idx: {name: R.recall_metrics(r[0][idx]) for name, r in ranks.items()},
                   "model": {"features": [*td.MULTIMODAL_TEXT, "fc7"], "pairs": "test articles x their lead images"},
                   "baseline_params": {"cca": {"reg": cca.reg, "dims": int(len(cca.corr)), "power": td.CCA_POWER}}}
         return result, [recall_plot(saved.folder / RECALL_PLOT, ranks, len(test))]

@@ -49,3 +49,20 @@ def beats(task, model: dict, baseline: dict) -> bool:
     """Whether ``model`` is strictly better than ``baseline`` on ``task``'s main metric."""
     key = task.main_metric
     return model[key] > baseline[key] if task.higher_is_better else model[key] < baseline[key]
+
+
+def paired_bootstrap(resample, n: int, keys, seed: int, resamples: int = td.BOOTSTRAP_RESAMPLES) -> dict:
+    """{baseline: {metric: {"diff", "ci95"}}}: the model minus each baseline on the test examples,
+    and the 2.5th and 97.5th percentiles of that difference over ``resamples`` resamples of them.
+    ``resample(rows)`` scores every system on the same rows (paired: one draw serves all)."""
+    full = resample(np.arange(n))
+    rng = np.random.default_rng(seed)
+    draws = [resample(rng.integers(0, n, n)) for _ in range(resamples)]
+    out = {}
+    for name in (s for s in full if s != "model"):
+        out[name] = {}
+        for k in keys:
+            d = np.array([s["model"][k] - s[name][k] for s in draws], float)
+            out[name][k] = {"diff": float(full["model"][k] - full[name][k]),
+                            "ci95": [float(np.nanpercentile(d, 2.5)), float(np.nanpercentile(d, 97.5))]}
+    return out
