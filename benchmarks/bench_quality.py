@@ -12,7 +12,9 @@ otherwise, since nothing here may fetch ImageNet weights), then `newsdl train TA
 same run on the same test split, so each row is a paired comparison.
 
 It prints one table (a row per system: the model, then each baseline; a column per metric, the
-main one marked '*') and writes one JSON with every metrics.json and each stage's time. The real
+main one marked '*'; then the model's paired difference from each baseline on the main metric,
+with evaluate's 95% bootstrap interval) and writes one JSON with every metrics.json and each
+stage's time. The real
 corpora of ../shared/corpora are arguments only: nothing of them is written into the repository.
 """
 
@@ -72,6 +74,9 @@ def table(results: list[dict]) -> str:
         width = max(map(len, systems)) + 2
         lines.append(" " * width + "".join(f"{k + ('*' if k == t.main_metric else ''):>15}" for k in keys))
         lines += [f"{name:<{width}}" + "".join(f"{s[k]:>15.4g}" for k in keys) for name, s in systems.items()]
+        for name, vs in m.get("vs_baselines", {}).items():
+            d = vs[t.main_metric]
+            lines.append(f"model - {name}: {d['diff']:+.4g} (95% interval {d['ci95'][0]:+.4g} to {d['ci95'][1]:+.4g})")
         verdict = "beats" if m["beats_every_baseline"] else "does NOT beat"
         lines.append(f"the model {verdict} every baseline on {t.main_metric}")
     return "\n".join(lines)

@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from test_tasks_support import (check_resume_keeps_the_count, copy_workspace, featurized_workspace,  # noqa: F401
+from test_tasks_support import (check_resume_keeps_the_count, check_run_folder, copy_workspace,  # noqa: F401
+                                featurized_workspace,
                                 run_newsdl)
 
 JAVA = shutil.which("java") is not None
@@ -156,14 +157,7 @@ def test_caption_end_to_end(caption_workspace, sample_corpus, tmp_path):
     assert summary["n_train"] > 0 and summary["epochs_run"] <= 2 and summary["context"] == "article"
     assert summary["head"] == "lstm-256" and summary["monitor"] == "val_loss" and summary["vocabulary"] > 4
     assert summary["features"] == ["fc7", "w2v_mean"] and 0 <= summary["best_epoch"] <= summary["epochs_run"]
-    # The run trained in runs/HEAD/, like every task's; the model is its best epoch's.
-    run_dir = folder / "runs" / "lstm-256"
-    for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
-        assert (run_dir / name).is_file(), name
-    assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()
-    assert not (folder / "run").exists()
-    config = json.loads((folder / "config.json").read_text())
-    assert config["heads"]["lstm-256"] == json.loads((run_dir / "done.json").read_text())
+    config = check_run_folder(folder, "lstm-256")
     assert config["heads"]["lstm-256"]["val_best"] == summary["val_best"]
     model = task.load_model(folder / "model.keras")
     assert list(model.output) == ["words"]

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from test_tasks_support import check_resume_keeps_the_count, copy_workspace, featurized_workspace  # noqa: F401
+from test_tasks_support import (check_resume_keeps_the_count, check_run_folder, copy_workspace,  # noqa: F401
+                                featurized_workspace)
 
 
 def test_ranks_and_recall_on_hand_built_matrices():
@@ -102,14 +103,7 @@ def test_illustrate_end_to_end(featurized_workspace, sample_corpus, tmp_path):  
     assert summary["epochs_run"] <= 2 and summary["n_train"] > 0 and summary["head"] == "two-tower"
     assert summary["monitor"] == "val_recall_at_10" and 0.0 <= summary["val_best"] <= 1.0
     assert 0.0 <= summary["cca_val_recall_at_10"] <= 1.0 and summary["features"] == ["w2v_mean", "w2v_max", "fc7"]
-    # The run trained in runs/HEAD/, like every task's; the model is its best epoch's.
-    run_dir = folder / "runs" / "two-tower"
-    for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
-        assert (run_dir / name).is_file(), name
-    assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()
-    assert not (folder / "run").exists()
-    config = json.loads((folder / "config.json").read_text())
-    assert config["heads"]["two-tower"] == json.loads((run_dir / "done.json").read_text())
+    check_run_folder(folder, "two-tower")
     history = (folder / "history.csv").read_text().splitlines()
     assert "val_recall_at_10" in history[0].split(",") and len(history) == 1 + summary["epochs_run"]
     metrics = evaluate_task(ws, "illustrate")

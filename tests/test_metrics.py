@@ -136,11 +136,11 @@ def test_paired_bootstrap_intervals_are_paired_seeded_and_honest():
     def resample(idx):
         return {name: {"accuracy": float(np.mean(pred[idx] == truth[idx]))} for name, pred in systems.items()}
 
-    out = M.paired_bootstrap(resample, n, ["accuracy"], seed=3, resamples=300)
+    out = M.paired_bootstrap(resample, resample(np.arange(n)), n, ["accuracy"], seed=3, resamples=300)
     assert set(out) == {"same", "coin", "always_wrong"}
     assert out["same"]["accuracy"] == {"diff": 0.0, "ci95": [0.0, 0.0]}
     assert out["always_wrong"]["accuracy"]["diff"] == 1.0 and out["always_wrong"]["accuracy"]["ci95"] == [1.0, 1.0]
     lo, hi = out["coin"]["accuracy"]["ci95"]
     assert lo < out["coin"]["accuracy"]["diff"] < hi and 0.3 < out["coin"]["accuracy"]["diff"] < 0.7
     assert hi - lo == pytest.approx(2 * 1.96 * np.sqrt(0.25 / n), rel=0.35)  # the binomial's width
-    assert M.paired_bootstrap(resample, n, ["accuracy"], seed=3, resamples=300) == out
+    assert M.paired_bootstrap(resample, resample(np.arange(n)), n, ["accuracy"], seed=3, resamples=300) == out

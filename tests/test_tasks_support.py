@@ -162,3 +162,18 @@ def trained_workspace(featurized_workspace, tmp_path_factory) -> Path:
         train_task(ws, task, **FAST_TRAIN)
         evaluate_task(ws, task)
     return ws
+
+
+def check_run_folder(folder: Path, head: str) -> dict:
+    """The task trained in runs/HEAD/, like every task, and its model is that run's best epoch's;
+    returns config.json."""
+    import json
+
+    run_dir = folder / "runs" / head
+    for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()
+    assert not (folder / "run").exists()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["heads"][head] == json.loads((run_dir / "done.json").read_text())
+    return config

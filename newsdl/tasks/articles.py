@@ -233,7 +233,8 @@ class ArticleTask(Task):
                     for name, pred in preds.items()}
 
         result = {"n_train": len(rows["train"]), "n_test": len(rows["test"]), "n_val": len(rows["val"]),
-                  "scores": {name: self.score(test, pred, fitted) for name, pred in preds.items()}, "resample": resample,
+                  "scores": {name: self.score(test, pred, fitted) for name, pred in preds.items()},
+                  "resample": resample,
                   "model": {"features": features},
                   "baseline_params": {name: p["params"] for name, p in preds.items() if "params" in p}}
         return result, self.plots(saved.folder, test, preds, fitted)

@@ -50,8 +50,8 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, **options) -> dic
                              "n_val": int(result.pop("n_val")), **options, **result.pop("model", {})},
                    **result}
         if resample is not None:  # caption's corpus-level BLEU and METEOR have no per-image share yet
-            metrics["vs_baselines"] = M.paired_bootstrap(resample, metrics["n_test"], t.metric_keys,
-                                                         saved.config["seed"])
+            metrics["vs_baselines"] = M.paired_bootstrap(resample, {"model": model_scores, **scores},
+                                                         metrics["n_test"], t.metric_keys, saved.config["seed"])
         write_evaluation(saved.folder, metrics, plots, inputs_meta, key, started, time.monotonic() - t0)
         return metrics
 

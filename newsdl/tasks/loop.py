@@ -282,8 +282,7 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
                 _preempted(name, who, f"after epoch {epoch + 1}")
             if st[WAIT] >= s["patience"]:
                 log.info("%s: early stopping after epoch %d: best %s %.4g at epoch %d", name, epoch + 1,
-                         task.monitor, sign * (st[SAVED] + (task.min_delta if st[BEST_EPOCH] == 0 else 0)),
-                         int(st[BEST_EPOCH]))
+                         task.monitor, sign * _saved_value(task, st), int(st[BEST_EPOCH]))
                 break
         else:
             if st[BEST_EPOCH] == s["epochs"]:
@@ -302,9 +301,15 @@ def outcome(task, run_dir: Path) -> dict:
     tf.train.Checkpoint(state=state).restore(tf.train.latest_checkpoint(str(run_dir / "backup"))).expect_partial()
     st = state.numpy()
     sign = 1.0 if task.mode == "min" else -1.0
-    saved = st[SAVED] + (task.min_delta if st[BEST_EPOCH] == 0 else 0.0)  # the untrained model's own value
+    saved = _saved_value(task, st)
     return {"val_best": round(float(sign * saved), 6), "monitor": task.monitor, "best_epoch": int(st[BEST_EPOCH]),
             "epochs_run": len(read_history(run_dir / "history.csv", None)), "score": float(saved)}
+
+
+def _saved_value(task, st) -> float:
+    """The best checkpoint's value (sign x value): SAVED less min_delta while the untrained model
+    holds it, so the untrained model's own value adds it back."""
+    return float(st[SAVED] + (task.min_delta if st[BEST_EPOCH] == 0 else 0.0))
 
 
 def _column(key: str, prefix: str = "") -> str:

@@ -51,11 +51,11 @@ def beats(task, model: dict, baseline: dict) -> bool:
     return model[key] > baseline[key] if task.higher_is_better else model[key] < baseline[key]
 
 
-def paired_bootstrap(resample, n: int, keys, seed: int, resamples: int = td.BOOTSTRAP_RESAMPLES) -> dict:
-    """{baseline: {metric: {"diff", "ci95"}}}: the model minus each baseline on the test examples,
-    and the 2.5th and 97.5th percentiles of that difference over ``resamples`` resamples of them.
-    ``resample(rows)`` scores every system on the same rows (paired: one draw serves all)."""
-    full = resample(np.arange(n))
+def paired_bootstrap(resample, full: dict, n: int, keys, seed: int, resamples: int = td.BOOTSTRAP_RESAMPLES) -> dict:
+    """{baseline: {metric: {"diff", "ci95"}}}: the model minus each baseline on the ``n`` test
+    examples (``full``: every system's scores on all of them), and the 2.5th and 97.5th percentiles
+    of that difference over ``resamples`` resamples of them. ``resample(rows)`` scores every system
+    on the same rows (paired: one draw serves all)."""
     rng = np.random.default_rng(seed)
     draws = [resample(rng.integers(0, n, n)) for _ in range(resamples)]
     out = {}

@@ -4,9 +4,9 @@ deterministically, in one process or on several workers (--distributed); the sam
 DIR/models/TASK/ gets the chosen model.keras, config.json (the settings, what was fitted on train,
 each head's val outcome, a summary), its history.csv, the task's fitted files (Task.save), the
 TensorBoard scalars in logs/HEAD/, one folder per training run in runs/HEAD/ (docs/spec.md section
-5), and manifest.json last. A task with several heads (geoloc --head auto) trains each in its own run and keeps the better on
-its monitored val value. A killed run resumes from its last finished epoch (loop.py); a run made
-with other settings or inputs starts afresh.
+5), and manifest.json last. A task with several heads (geoloc --head auto) trains each in its own
+run and keeps the better on its monitored val value. A killed run resumes from its last finished
+epoch (loop.py); a run made with other settings or inputs starts afresh.
 """
 
 from __future__ import annotations
