@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         results[dtype] = {"limit_pairs_per_s": limit, "sizes": rows}
 
     header = f"{'N':>9} " + " ".join(f"{m:>11}" for m in METHODS) + f" {'op/tf':>6} {'op/xla':>6} {'of limit':>8}"
-    print(f"\nfwd+bwd throughput, pairs/s (median of interleaved rounds); haversine is forward only")
+    print("\nfwd+bwd throughput, pairs/s (median of interleaved rounds); haversine is forward only")
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, {os.cpu_count()} cores; load average {load_before}")
     for dtype, res in results.items():
         print(f"\n{dtype}: limit {res['limit_pairs_per_s']:.3g} pairs/s "

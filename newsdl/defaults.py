@@ -115,9 +115,14 @@ EPOCHS = 30
 # Epochs without a better val score before stopping: enough to ride out Adam's noisy epochs on
 # small corpora, short enough that a plateau costs little.
 PATIENCE = 4
+# source is stopped on val accuracy, which moves in steps of one val article and sits on plateaus
+# while the loss still falls: twice the patience, or a lucky early epoch ends training (seen on
+# allsides_outlets: stopped at epoch 5 with val loss still falling).
+SOURCE_PATIENCE = 8
 # Smallest val improvement that resets early stopping's patience, in the monitored unit: 1 km of
-# mean error for geoloc, 0.001 of val loss (nats, Huber) for the others.
-MIN_DELTA = {"geoloc": 1.0, "source": 1e-3, "popularity": 1e-3}
+# mean error for geoloc, 0.001 of val loss (Huber) for popularity; for source's val accuracy any
+# gain (one more val article right is the smallest step there is).
+MIN_DELTA = {"geoloc": 1.0, "source": 0.0, "popularity": 1e-3}
 # Small batches are the better regulariser on 1-10k articles, and 64 still fills 2 CPU cores.
 BATCH_SIZE = 64
 # Adam's usual step; the heads are shallow, so no warm-up or schedule is needed.
@@ -154,15 +159,23 @@ CNN_TOKENS = 200
 BOW_NGRAMS = (1, 2)
 BOW_MIN_DF = 2
 BOW_VOCAB = 20_000
-# Terms per article fed to the model, the highest-weighted first: covers every distinct term of
-# a ~700-word article; the tail of a longer one carries little weight after l2 normalisation.
-BOW_TERMS = 400
+# Terms per article fed to the model at most, the highest-weighted first (fewer when no training
+# article has as many): covers every distinct term of 90% of 800-word articles. Outlets differ in
+# their frequent, low-weight words, which a shorter cut drops: at 400 terms a TF-IDF logistic
+# regression on allsides_outlets lost 4 points of accuracy (0.920 vs 0.961 at 1,024 on val).
+BOW_TERMS = 1024
 
 # Gazetteer evidence given to the geoloc model: the top places named in the text.
 GAZ_TOP = 3
-# Cities below this population are left out of the gazetteer: smaller ones are mostly
-# homonyms of common words and rarer places ("Reading", "Mobile") that make false hits.
+# Towns below this population count only where the story supports them (their state named,
+# "Town, ST"): alone, smaller names are mostly words and people ("Mark", "Bush").
 GAZ_MIN_POPULATION = 15_000
+# ... and none below this: local news names small towns, but GeoNames' smallest are too many
+# homonyms to check even with context.
+GAZ_MIN_POPULATION_CONTEXT = 1_000
+# A candidate place within this distance of the story's other places gains (linearly less to
+# zero here): stories cluster geographically, about a state's width.
+GAZ_NEAR_KM = 300.0
 
 # Geo-cells: k-means on the unit sphere over training locations, one cell per this many training
 # articles (so granularity follows the data: 16 cells for 1,600 articles, 512 for 51,200) ...
@@ -175,10 +188,27 @@ CE_KM = 300.0
 # A place named in the text counts as the story's place when it is within this distance of the
 # truth: a metropolitan area's reach, so suburbs count, while a country's centre does not.
 TRUST_KM = 100.0
+# An outlet with at least this many training stories has a home place (geoloc.outlet_homes):
+# fewer cannot tell a local paper's town from chance.
+OUTLET_HOME_MIN = 3
+# The place decision (geoloc.decide_places): candidates within this distance are one place
+# (a suburb and its city), the scale of the acc@25km metric ...
+PLACE_KM = 25.0
+# ... the most likely cells whose places are candidates beside the named places ...
+CANDIDATE_CELLS = 3
+# ... the probability thresholds tried on val (at 0.5 and above a place is already the median) ...
+PLACE_THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+# ... and how much val mean km the decision may give up for exact places: at 5%, a model that
+# wins on mean km by a margin keeps most of it while its median and acc@25km gain.
+PLACE_MEAN_SLACK = 0.05
 # The cells head's offset moves the centre by at most this angle (radians, ~1,900 km).
 CELL_OFFSET_MAX = 0.3
 # `--head auto` trains both and keeps the one with the lower val mean km.
 HEADS = ("auto", "regress", "cells")
+
+# source's late fusion: weights of the deep model's log-probabilities (the rest goes to the linear
+# part's) tried on val; 0 is the linear part alone, so val can always fall back on it.
+FUSION_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 # Resamples of the test examples behind each paired bootstrap interval in metrics.json
 # (vs_baselines): 1,000 puts a 95% interval's ends within about 1% of their limit.
@@ -197,6 +227,29 @@ HUBER_DELTA = 1.0
 # Shares are a second output when the corpus has them; they weigh less than comments, the
 # SPEC's metric.
 SHARES_WEIGHT = 0.5
+
+# ---- popularity's pre-publication inputs (tasks/prepub.py: outlet, hour, weekday, lengths, headline)
+
+# An outlet gets its own id from this many training articles; rarer ones share "other". Fewer
+# than 3 stories say almost nothing about an outlet's audience, and the ridge shrinks the rest.
+PREPUB_OUTLET_MIN = 3
+# Character n-grams of the headline, within word boundaries: 2-5 characters span prefixes,
+# suffixes and short words, where a headline's few word tokens are too sparse to learn from.
+PREPUB_CHAR_NGRAMS = (2, 5)
+# At most this many n-grams (seen in at least BOW_MIN_DF training headlines): ~40k on 8k
+# headlines, and the wide path holds one weight each.
+PREPUB_CHAR_VOCAB = 100_000
+# N-grams per headline fed to the model, the highest-weighted first: a 100-character headline
+# has about 250 distinct ones.
+PREPUB_CHAR_TERMS = 256
+# Without a title, the headline is the text's first this many characters (a lead sentence).
+PREPUB_HEADLINE_FALLBACK_CHARS = 120
+# Weights of the outlet, time and length blocks inside the wide ridge, tried on val with its
+# alpha: these are a few strong columns beside tens of thousands of TF-IDF ones, and one alpha
+# for all would shrink them as hard as a rare word.
+PREPUB_WEIGHTS = (1.0, 3.0)
+# Width of the deep path's embedding of the outlet id (the hour and weekday get a quarter of it).
+PREPUB_OUTLET_DIM = 16
 
 # Geoloc metrics: accuracy at street, city, region, country and continent scale (km).
 ACC_KM = (1, 25, 200, 750, 2500)

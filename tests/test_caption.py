@@ -78,6 +78,29 @@ def test_metrics_on_known_pairs_give_known_values():
     assert c["swapped"]["cider"] == pytest.approx(10.0 / 3, abs=1e-6)  # one image of three right
 
 
+@needs_java
+def test_scores_of_any_subset_of_images_from_per_image_parts():
+    """The bootstrap's scores: the whole set gives the corpus scores back (METEOR's mean of
+    images only approximates its corpus score), and a subset gives what scoring it alone gives."""
+    from newsdl.tasks.caption import caption_score_parts, scores_of_images
+
+    refs = [["a man rides a brown horse on the beach"], ["three red flags at a rally in the rain"],
+            ["one blue bed outside a hospital"], ["four green graphs on a big screen"]]
+    hyps = ["a man rides a horse on a beach", "red flags at the rally", "a bed outside", "four green graphs"]
+    full, parts = caption_score_parts(refs, {"model": hyps})
+    again = scores_of_images(parts["model"], np.arange(4))
+    for key in ("bleu1", "bleu4", "rouge_l", "cider"):
+        assert again[key] == pytest.approx(full["model"][key], abs=1e-9), key
+    assert again["meteor"] == pytest.approx(full["model"]["meteor"], abs=0.05)
+    alone, _ = caption_score_parts(refs[:2], {"model": hyps[:2]})
+    sub = scores_of_images(parts["model"], np.array([0, 1]))
+    for key in ("bleu1", "bleu4", "rouge_l"):  # CIDEr's IDF is the whole set's, so it differs
+        assert sub[key] == pytest.approx(alone["model"][key], abs=1e-9), key
+    # A resample repeats images: BLEU's statistics count the repeat twice.
+    twice = scores_of_images(parts["model"], np.array([0, 0, 1]))
+    assert twice["bleu1"] != sub["bleu1"]
+
+
 def _toy(n=240, seed=0):
     """Images in 4 clusters of 16-d features, each cluster with its caption (2 words vary)."""
     from newsdl.tasks import caption_model as cm
@@ -169,6 +192,13 @@ def test_caption_end_to_end(caption_workspace, sample_corpus, tmp_path):
         assert all(isinstance(v, float) and np.isfinite(v) and v >= 0 for v in scores.values())
     assert metrics["main_metric"] == "cider" and metrics["model"]["beam"] == 3
     assert "cider*" in format_table(metrics)
+    # Paired bootstrap intervals against each baseline, on every metric (per-image parts).
+    assert set(metrics["vs_baselines"]) == set(metrics["baselines"])
+    for name, vs in metrics["vs_baselines"].items():
+        assert list(vs) == list(task.metric_keys)
+        for k, d in vs.items():
+            assert d["diff"] == pytest.approx(metrics["test"][k] - metrics["baselines"][name][k])
+            assert d["ci95"][0] <= d["ci95"][1]
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {"model.keras", "vocab.json"} <= set(manifest["outputs"])
     record = json.loads((folder / "evaluate.json").read_text())

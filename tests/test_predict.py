@@ -61,7 +61,7 @@ def test_predict_parquet_and_the_python_api(trained_workspace, sample_corpus, tm
     import numpy as np
 
     from newsdl.tasks import get
-    from newsdl.tasks.articles import model_inputs, predict_outputs
+    from newsdl.tasks.articles import predict_outputs
     from newsdl.tasks.data import load_corpus
     from newsdl.tasks.task import read_saved
 
@@ -70,7 +70,7 @@ def test_predict_parquet_and_the_python_api(trained_workspace, sample_corpus, tm
     corpus = load_corpus(trained_workspace)
     ids = table.column("id").to_pylist()
     rows = np.array([list(corpus.ids).index(i) for i in ids])
-    x = model_inputs(corpus, saved.config["features"], saved.fitted)
+    x = task.inputs(corpus, saved.config["features"], saved.fitted)
     outputs = predict_outputs(task.load_model(saved.folder / "model.keras"), x, rows, 8)
     pred = task.decode(outputs, saved.fitted)
     assert pred["lat"] == pytest.approx(table.column("lat").to_numpy(), abs=1e-3)

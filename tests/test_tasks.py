@@ -17,7 +17,7 @@ from test_tasks_support import (FAST_TRAIN, assert_same_training, copy_workspace
 
 BASELINES = {"geoloc": {"constant", "knn", "gazetteer"}, "source": {"majority", "tfidf_logreg"},
              "popularity": {"mean", "ridge"}}
-MONITOR = {"geoloc": "val_km", "source": "val_loss", "popularity": "val_comments_loss"}
+MONITOR = {"geoloc": "val_km", "source": "val_accuracy", "popularity": "val_comments_loss"}
 SUMMARY = {"task", "folder", "head", "features", "n_train", "n_val", "monitor", "val_best", "best_epoch",
            "epochs_run", "seconds", "workers"}
 
@@ -127,7 +127,9 @@ def test_models_load_in_safe_mode_and_reruns_are_no_ops(trained_workspace):  # n
 
     folder = trained_workspace / "models" / "source"
     model = keras.models.load_model(folder / "model.keras", safe_mode=True, compile=False)
-    assert list(model.output) == ["source"]  # outputs are named, as every task's
+    # Outputs are named, as every task's: the prediction, and the frozen linear part's logits
+    # that the late fusion reads.
+    assert list(model.output) == ["source", "linear"]
     before = (folder / "model.keras").stat().st_mtime_ns
     assert train_task(trained_workspace, "source", **FAST_TRAIN)["skipped"] is True
     assert (folder / "model.keras").stat().st_mtime_ns == before
@@ -269,7 +271,9 @@ def test_articles_without_images_are_masked_not_faked(featurized_workspace, tmp_
     assert without.any() and np.all(mask[without] == 0) and np.all(mask[~without] == 1)
     assert np.all(corpus.arrays["fc7"][without] == 0)
 
-    train_task(ws, "source", **FAST_TRAIN)
+    # Without the bag of words the linear part reads the dense blocks, fc7 among them, so even
+    # the untrained candidate (which a 2-epoch run on 60 articles may keep) reads the images.
+    train_task(ws, "source", features="w2v_mean,w2v_max,fc7", **FAST_TRAIN)
     saved = read_saved(ws, get("source"))
     model = get("source").load_model(saved.folder / "model.keras")
     x = model_inputs(corpus, saved.config["features"], saved.fitted)

@@ -128,8 +128,8 @@ def write_ingest(ws: Path, articles: list[dict], images_root: Path | None) -> Pa
                                "caption": image.get("caption", ""), "split": article["split"], "width": width,
                                "height": height, "format": fmt})
         article_rows.append({"id": article["id"], "source": article.get("source"), "url": None, "published": None,
-                             "title": article.get("title"), "text": article["text"], "images": images, "lat": None,
-                             "lon": None, "comments": None, "shares": None, "keywords": None,
+                             "title": article.get("title"), "text": article["text"], "images": images, "lat": article.get("lat"),
+                             "lon": article.get("lon"), "comments": None, "shares": None, "keywords": None,
                              "split": article["split"], "extra": None, "input_file": "testdata.jsonl",
                              "input_record": record})
     pq.write_table(pa.Table.from_pylist(article_rows, schema=ARTICLES_SCHEMA), folder / "articles.parquet")

@@ -77,6 +77,8 @@ def fit_inputs(corpus: Corpus, features: list[str], train_rows: np.ndarray, ws: 
         fitted["bow"] = vec
         fitted["bow_terms"] = len(vec.vocabulary_)
         record["bow_terms"] = len(vec.vocabulary_)
+        most = int(bow_matrix(corpus, fitted)[train_rows].getnnz(axis=1).max(initial=1))
+        fitted["bow_width"] = record["bow_width"] = max(1, min(td.BOW_TERMS, most))
     if "tokens" in features:
         from newsdl.features.vectors import read_vectors
         from newsdl.workspace import sha256_file
@@ -117,7 +119,8 @@ def model_inputs(corpus: Corpus, features: list[str], fitted: dict) -> dict[str,
     if "fc7" in features:
         x["fc7"], x["fc7_mask"] = corpus.arrays["fc7"], corpus.arrays["fc7_mask"]
     if "bow" in features:
-        x.update(bow_arrays(bow_matrix(corpus, fitted)))
+        # Models from before the width was recorded read 400 terms.
+        x.update(bow_arrays(bow_matrix(corpus, fitted), fitted.get("bow_width", 400)))
     if "gaz" in features:
         from newsdl.features.gazetteer import gazetteer
 
@@ -176,6 +179,18 @@ class ArticleTask(Task):
         """The model's outputs as the task's predictions (what score and records read)."""
         raise NotImplementedError
 
+    def task_inputs(self, corpus: Corpus, fitted: dict) -> dict[str, np.ndarray]:
+        """Inputs only this task's model reads, beyond the feature families (named arrays, one
+        row per article), for training, evaluate and predict alike."""
+        return {}
+
+    def inputs(self, corpus: Corpus, features: list[str], fitted: dict) -> dict[str, np.ndarray]:
+        return {**model_inputs(corpus, features, fitted), **self.task_inputs(corpus, fitted)}
+
+    def val_outputs_of(self, data: Data, model, s: dict) -> dict[str, np.ndarray]:
+        """The chosen model's outputs on the val rows (for calibrate)."""
+        return predict_outputs(model, data.x, data.rows["val"], s["batch_size"])
+
     # ------------------------------------------------------------ the shape, for every article task
 
     def settings(self, ws: Path, **given) -> dict:
@@ -191,11 +206,11 @@ class ArticleTask(Task):
         own = self.fit(corpus, rows["train"], s["seed"])
         objects, record = fit_inputs(corpus, features, rows["train"], ws)
         fitted = {**own, **objects}
-        x = model_inputs(corpus, features, fitted)
+        x = self.inputs(corpus, features, fitted)
         init = self.wide_init(corpus, x, features, rows, fitted)
         if init is not None:
             fitted["wide_init"] = init
-            record["wide_init"] = {"C": init.get("C")} if "bias" in init else \
+            record["wide_init"] = {k: init[k] for k in ("C", "inputs", "val_accuracy") if k in init} if "bias" in init else \
                 {name: {"alpha": part.get("alpha")} for name, part in init.items()}
         return Data(x, self.targets(corpus, fitted, x), rows, self.sample_weight(corpus, fitted, rows["train"]),
                     fitted, {**own, **record}, {"features": features})
@@ -221,7 +236,7 @@ class ArticleTask(Task):
             raise UserError(f"{ws / 'ingest' / 'articles.parquet'}: no labelled article in the test split "
                             f"(field 'split'), nothing to evaluate {self.name} on")
         fitted = saved.fitted
-        x = model_inputs(corpus, features, fitted)
+        x = self.inputs(corpus, features, fitted)
         model = self.load_model(saved.folder / MODEL)
         preds = {"model": self.decode(predict_outputs(model, x, rows["test"], saved.config["batch_size"]), fitted)}
         preds.update(self.baselines(corpus, x, features, rows, fitted))
@@ -241,6 +256,7 @@ class ArticleTask(Task):
 
     def predict(self, ws: Path, saved: Saved, table, root: Path, source: Path, **options):
         corpus, x, rejects = featurize(ws, saved, table, root, source)
+        x.update(self.task_inputs(corpus, saved.fitted))
         model = self.load_model(saved.folder / MODEL)
         outputs = predict_outputs(model, x, np.arange(len(corpus)), saved.config["batch_size"])
         records = self.records(list(corpus.ids), self.decode(outputs, saved.fitted), saved.fitted)

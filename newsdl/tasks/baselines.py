@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from newsdl.tasks.data import floored_variance
+
+
 def best_on_val(candidates, fit, score, has_val: bool = True):
     """The (candidate, model) whose model, fitted on train by ``fit(candidate)``, scores highest on
     val by ``score(model)`` (the first on ties; without val, the first candidate's): every
@@ -37,7 +40,7 @@ def dense_blocks(x: dict, features, train_rows) -> tuple[np.ndarray | None, np.n
         a = np.concatenate([x[n].reshape(len(x[n]), -1) for n in BLOCKS[family]], axis=1).astype(np.float64)
         rows = train_rows if family != "fc7" else train_rows[x["fc7_mask"][train_rows, 0] > 0]
         mean = a[rows].mean(axis=0) if len(rows) else np.zeros(a.shape[1])
-        std = np.maximum(np.sqrt(a[rows].var(axis=0)), 1e-7) if len(rows) else np.ones(a.shape[1])
+        std = np.sqrt(floored_variance(a[rows].var(axis=0))) if len(rows) else np.ones(a.shape[1])
         a = (a - mean) / std
         if family == "fc7":
             a = np.concatenate([a * x["fc7_mask"], x["fc7_mask"]], axis=1)
@@ -120,34 +123,14 @@ def _split_coef(coef: np.ndarray, dense, scales, n_bow_rows: int | None) -> dict
     return out
 
 
-def fit_wide_ridge(x, features, rows, targets: dict, bow_rows: int | None, alphas) -> dict:
-    """Ridge per target (standardised log counts) on the wide inputs, alpha chosen on val by
-    Spearman: the starting point of popularity's wide path. {target: {dense, bow, bias, alpha}}."""
-    from sklearn.linear_model import Ridge
-
-    from newsdl.tasks.metrics import spearman
-
-    dense, bag, scales = wide_inputs(x, features, rows["train"])
-    out = {}
-    for name, z in targets.items():
-        tr = rows["train"][~np.isnan(z[rows["train"]])]
-        va = rows["val"][~np.isnan(z[rows["val"]])]
-        if len(tr) < 2:
-            continue
-        Xtr, Xva = _stack(dense, bag, tr), _stack(dense, bag, va)
-        _, best = best_on_val(tuple(alphas), lambda a: Ridge(alpha=a).fit(Xtr, z[tr]),
-                              lambda m: spearman(z[va], m.predict(Xva)), len(va) > 1)
-        out[name] = {**_split_coef(best.coef_[None, :], dense, scales, bow_rows),
-                     "bias": np.array([best.intercept_], np.float32), "alpha": float(best.alpha)}
-    return out
-
-
 def fit_wide_logreg(x, features, rows, y: np.ndarray, n_classes: int, bow_rows: int | None, cs) -> dict:
     """Multinomial logistic regression (balanced class weights) on the wide inputs, C chosen on
-    val by accuracy: the starting point of source's wide path. {dense, bow, bias, C}."""
+    val by accuracy: the starting point of source's wide path. {dense, bow, bias, C, val_accuracy}."""
     dense, bag, scales = wide_inputs(x, features, rows["train"])
     tr, va = rows["train"], rows["val"]
-    _, best = logreg_on_val(_stack(dense, bag, tr), y[tr], _stack(dense, bag, va), y[va], cs)
+    Xva = _stack(dense, bag, va)
+    _, best = logreg_on_val(_stack(dense, bag, tr), y[tr], Xva, y[va], cs)
+    val_accuracy = float(np.mean(best.predict(Xva) == y[va])) if len(va) else float("nan")
     coef = np.zeros((n_classes, best.coef_.shape[1]))
     bias = np.full(n_classes, -30.0)  # a class absent from train: never predicted
     if len(best.classes_) == 2:  # sklearn's binary case has one row of coefficients
@@ -155,7 +138,8 @@ def fit_wide_logreg(x, features, rows, y: np.ndarray, n_classes: int, bow_rows: 
         bias[best.classes_[0]] = 0.0
     else:
         coef[best.classes_], bias[best.classes_] = best.coef_, best.intercept_
-    return {**_split_coef(coef, dense, scales, bow_rows), "bias": bias.astype(np.float32), "C": float(best.C)}
+    return {**_split_coef(coef, dense, scales, bow_rows), "bias": bias.astype(np.float32), "C": float(best.C),
+            "val_accuracy": val_accuracy}
 
 
 def logreg_on_val(Xtr, ytr, Xva, yva, cs):
@@ -168,3 +152,57 @@ def logreg_on_val(Xtr, ytr, Xva, yva, cs):
     model = LogisticRegression(class_weight="balanced", max_iter=2000, warm_start=True)
     return best_on_val(tuple(cs), lambda c: copy.deepcopy(model.set_params(C=c).fit(Xtr, ytr)),
                        lambda m: float(np.mean(m.predict(Xva) == yva)), len(yva) > 0)
+
+
+def fit_wide_ridge(x, features, rows, targets: dict, bow_rows: int | None, alphas, blocks: dict,
+                          weightings: list[dict]) -> dict:
+    """Ridge per target (standardised log counts), alpha chosen on val by Spearman, on the wide
+    inputs and more beside the model's own: the starting point of popularity's wide path.
+    ``blocks`` {name: sparse matrix}
+    whose columns map one to one onto the weights of the wide layer that reads input ``name``,
+    each multiplied inside the ridge by its weight in one of ``weightings`` ({name: weight},
+    1 when absent), tried on val with alpha. A block's penalty is alpha / weight**2: a larger
+    weight lets few, strong columns such as an outlet's id speak without loosening the bag of
+    words. {target: {dense, bow, blocks: {name: [columns, 1]}, bias, alpha, weights}}."""
+    from scipy import sparse
+    from sklearn.linear_model import Ridge
+
+    from newsdl.tasks.metrics import spearman
+
+    dense, bag, scales = wide_inputs(x, features, rows["train"])
+    names = list(blocks)
+    grid = [{n: float(w.get(n, 1.0)) for n in names} for w in weightings] or [{n: 1.0 for n in names}]
+
+    def matrix(part, w):
+        extra = [blocks[n][part] * w[n] for n in names]
+        own = [] if dense is None and bag is None else [sparse.csr_matrix(_stack(dense, bag, part))]
+        return sparse.hstack(own + extra, format="csr")
+
+    out = {}
+    for name, z in targets.items():
+        tr = rows["train"][~np.isnan(z[rows["train"]])]
+        va = rows["val"][~np.isnan(z[rows["val"]])]
+        if len(tr) < 2:
+            continue
+        fits = {}
+
+        def fit(candidate):  # (the weights' index, the ridge fitted with them)
+            alpha, g = candidate
+            if g not in fits:
+                fits[g] = matrix(tr, grid[g]), matrix(va, grid[g])
+            return g, Ridge(alpha=alpha).fit(fits[g][0], z[tr])
+
+        candidates = tuple((a, g) for g in range(len(grid)) for a in alphas)
+        (alpha, g), (_, best) = best_on_val(candidates, fit, lambda gm: spearman(z[va], gm[1].predict(fits[gm[0]][1])),
+                                            len(va) > 1)
+        coef = best.coef_
+        own = (0 if dense is None else dense.shape[1]) + (0 if bag is None else bag.shape[1])
+        part = _split_coef(coef[None, :own], dense, scales, bow_rows) if own else {}
+        start, split = own, {}
+        for n in names:
+            width = blocks[n].shape[1]
+            split[n] = (coef[start:start + width] * grid[g][n])[:, None].astype(np.float32)
+            start += width
+        out[name] = {**part, "blocks": split, "bias": np.array([best.intercept_], np.float32),
+                     "alpha": float(alpha), "weights": grid[g]}
+    return out

@@ -10,6 +10,7 @@ tokenizer and scorers.
 
 from __future__ import annotations
 
+import math
 import logging
 import shutil
 import time
@@ -125,8 +126,10 @@ class Caption(mm.ImageTask):
                    "nearest_neighbour": nearest_captions(images.fc7[train], [text[i] for i in train],
                                                          images.fc7[test]),
                    "most_frequent": [most_frequent_caption([text[i] for i in train])] * len(test)}
+        scores, parts = caption_score_parts([[text[i]] for i in test], systems)
         result = {"n_train": len(train), "n_test": len(test), "n_val": len(rows["val"]),
-                  "scores": caption_scores([[text[i]] for i in test], systems),
+                  "scores": scores,
+                  "resample": lambda idx: {name: scores_of_images(part, idx) for name, part in parts.items()},
                   "model": {"context": saved.config["context"],
                             "captions_per_s": round(len(test) / max(decode_s, 1e-9), 1)},
                   "examples": [{"image_id": str(images.image_id[i]), "reference": text[i],
@@ -206,6 +209,13 @@ def _check_java() -> None:
 def caption_scores(references: list[list[str]], systems: dict[str, list[str]]) -> dict[str, dict]:
     """``references[i]``: the reference captions of image i; ``systems[name][i]``: that system's
     caption of image i. Returns {name: {bleu1, bleu4, meteor, rouge_l, cider}} (corpus-level)."""
+    return caption_score_parts(references, systems)[0]
+
+
+def caption_score_parts(references: list[list[str]], systems: dict[str, list[str]]) -> tuple[dict, dict]:
+    """caption_scores, and each system's per-image parts for scoring any subset of the images
+    (scores_of_images): BLEU's n-gram statistics (its corpus score is a function of their sums),
+    and the per-image METEOR, ROUGE-L and CIDEr (CIDEr's IDF being the whole test set's)."""
     try:
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
@@ -228,19 +238,59 @@ def caption_scores(references: list[list[str]], systems: dict[str, list[str]]) -
     tok = PTBTokenizer().tokenize(raw)
     gts = {i: tok[f"r/{i}"] for i in range(n)}
     meteor = Meteor()
-    out = {}
+    out, parts = {}, {}
     try:
         for name in systems:
             # An empty hypothesis would make METEOR's jar fail; a single space scores 0 as it should.
             res = {i: [tok[f"s{name}/{i}"][0] or " "] for i in range(n)}
             bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-            out[name] = {"bleu1": float(bleu[0]), "bleu4": float(bleu[3]),
-                         "meteor": float(meteor.compute_score(gts, res)[0]),
-                         "rouge_l": float(Rouge().compute_score(gts, res)[0]),
-                         "cider": float(Cider().compute_score(gts, res)[0])}
+            m_score, m_each = meteor.compute_score(gts, res)
+            r_score, r_each = Rouge().compute_score(gts, res)
+            c_score, c_each = Cider().compute_score(gts, res)
+            out[name] = {"bleu1": float(bleu[0]), "bleu4": float(bleu[3]), "meteor": float(m_score),
+                         "rouge_l": float(r_score), "cider": float(c_score)}
+            parts[name] = {"bleu": bleu_statistics(gts, res), "meteor": np.asarray(m_each, float),
+                           "rouge_l": np.asarray(r_each, float), "cider": np.asarray(c_each, float)}
     finally:
         _close(meteor)
-    return out
+    return out, parts
+
+
+def bleu_statistics(gts: dict, res: dict) -> np.ndarray:
+    """[images, 10]: each image's hypothesis length, closest reference length, then its n-gram
+    guesses and matches for n = 1..4, counted by pycocoevalcap's own BleuScorer."""
+    from pycocoevalcap.bleu.bleu_scorer import BleuScorer
+
+    scorer = BleuScorer(n=4)
+    for i in sorted(gts):
+        scorer += (res[i][0], gts[i])
+    rows = []
+    for comps in scorer.ctest:
+        testlen = comps["testlen"]
+        reflen = min((abs(length - testlen), length) for length in comps["reflen"])[1]  # "closest", as Bleu()
+        rows.append([testlen, reflen, *comps["guess"], *comps["correct"]])
+    return np.asarray(rows, float).reshape(-1, 10)
+
+
+def corpus_bleu(stats: np.ndarray) -> list[float]:
+    """BLEU-1..4 of a set of images from their summed statistics (pycocoevalcap's formula)."""
+    tiny, small = 1e-15, 1e-9
+    total = stats.sum(axis=0)
+    bleus, product = [], 1.0
+    for k in range(4):
+        product *= (total[6 + k] + tiny) / (total[2 + k] + small)
+        bleus.append(product ** (1.0 / (k + 1)))
+    ratio = (total[0] + tiny) / (total[1] + small)
+    return [b * math.exp(1 - 1 / ratio) for b in bleus] if ratio < 1 else bleus
+
+
+def scores_of_images(part: dict, rows: np.ndarray) -> dict[str, float]:
+    """One system's scores on the images ``rows`` (repeats allowed: a bootstrap resample). BLEU
+    and ROUGE-L and CIDEr are exact; METEOR is the mean of the images' scores, which its
+    corpus-level score (fragmentation over the whole set) only approximates."""
+    bleu = corpus_bleu(part["bleu"][rows])
+    return {"bleu1": bleu[0], "bleu4": bleu[3], "meteor": float(part["meteor"][rows].mean()),
+            "rouge_l": float(part["rouge_l"][rows].mean()), "cider": float(part["cider"][rows].mean())}
 
 
 def _close(meteor) -> None:

@@ -47,8 +47,8 @@ def train(
     lr: Optional[float] = typer.Option(None, help=f"Adam's learning rate [default: {td.LEARNING_RATE}; caption and "
                                        f"illustrate {td.MULTIMODAL_LR}]"),
     patience: Optional[int] = typer.Option(None, help="Epochs without a better val score before stopping "
-                                           f"[default: {td.PATIENCE}; caption and illustrate "
-                                           f"{td.MULTIMODAL_PATIENCE}]"),
+                                           f"[default: {td.PATIENCE}; source {td.SOURCE_PATIENCE}; caption and "
+                                           f"illustrate {td.MULTIMODAL_PATIENCE}]"),
     context: Optional[str] = typer.Option(None, help="caption only: none (the image alone) or article (the image "
                                           f"and the article's word2vec mean) [default: {td.CAPTION_CONTEXT}]"),
     beam: Optional[int] = typer.Option(None, help="caption only: beam width that evaluate and predict use unless "

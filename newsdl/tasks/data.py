@@ -35,7 +35,7 @@ class Corpus:
     ids: np.ndarray  # str
     split: np.ndarray  # "train" | "val" | "test"
     texts: list[str]  # title + body, what every text feature is made from
-    # Every other field of the articles (source, lat, lon, comments, shares, published, ...), read as
+    # Every other field of the articles (title, source, lat, lon, comments, shares, published, ...), read as
     # corpus.NAME: numbers as float64 (NaN when unknown), the rest as objects (None when unknown).
     # A task finds its labels here, whichever fields they are.
     labels: dict[str, np.ndarray] = field(default_factory=dict)
@@ -75,7 +75,7 @@ def corpus_from_articles(table) -> Corpus:
     split = col("split")
     split[split == None] = "test"  # noqa: E711
     labels = {name: col(name) for name in table.column_names
-              if name not in ("id", "split", "title", "text") and not pa.types.is_list(table.schema.field(name).type)}
+              if name not in ("id", "split", "text") and not pa.types.is_list(table.schema.field(name).type)}
     texts = [article_text(t, b) for t, b in zip(col("title"), col("text"))]  # what every text feature reads
     return Corpus(col("id").astype(str), split.astype(str), texts, labels,
                   {}, ("bow", "gaz"))
@@ -165,6 +165,14 @@ def load_corpus(ws: Path) -> Corpus:
     corpus.available = tuple(f for f in td.FEATURES if f in available)
     _LAST.update(key=key, corpus=corpus)
     return corpus
+
+
+def floored_variance(var: np.ndarray) -> np.ndarray:
+    """Per-column variances for standardising, floored at 1e-4 x the columns' median: a column
+    almost constant on train (a word-vector dimension that no training article moves) would
+    otherwise scale a small shift on new articles into hundreds of standard deviations."""
+    var = np.asarray(var, np.float64)
+    return np.maximum(var, max(1e-4 * float(np.median(var)) if var.size else 0.0, 1e-12))
 
 
 def pool(rows: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

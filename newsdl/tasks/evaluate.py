@@ -49,7 +49,7 @@ def evaluate_task(ws: Path, task: str, *, force: bool = False, **options) -> dic
                    "model": {"head": saved.config.get("head"), "best_epoch": summary.get("best_epoch"),
                              "n_val": int(result.pop("n_val")), **options, **result.pop("model", {})},
                    **result}
-        if resample is not None:  # caption's corpus-level BLEU and METEOR have no per-image share yet
+        if resample is not None:
             metrics["vs_baselines"] = M.paired_bootstrap(resample, {"model": model_scores, **scores},
                                                          metrics["n_test"], t.metric_keys, saved.config["seed"])
         write_evaluation(saved.folder, metrics, plots, inputs_meta, key, started, time.monotonic() - t0)

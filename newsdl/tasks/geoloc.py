@@ -9,6 +9,17 @@ Heads (``--head``):
   cells' cross-entropy.
 - auto (default): trains both, keeps the one with the lower val mean km.
 
+Each cell also has a real place: its most frequent training location. After training, a place
+decision is fitted on val: where one place (a named one, or a likely cell's, the two merged within
+PLACE_KM) holds probability mass at or above a threshold, the prediction is that place exactly;
+elsewhere it stays the model's mean-km-optimal point. The threshold is the one with the best val
+acc@25km among those whose val mean km is within PLACE_MEAN_SLACK of the best; "never" is a
+candidate, so a corpus where naming places does not pay keeps the hedged point.
+
+Each outlet with OUTLET_HOME_MIN training stories or more has a home, its most frequent training
+place; for its stories the home is one more candidate beside the named places (a local paper's
+"Richmond" is its own Richmond), with the outlet's numbers (stories, share at home) as evidence.
+
 With the gazetteer feature (on by default), the places most mentioned in the text are inputs
 and candidates: a softmax "trust" output, trained with cross-entropy, says which of the head's own
 point and the candidates is the story's place (a candidate within TRUST_KM of the truth), and the
@@ -60,14 +71,26 @@ class Geoloc(ArticleTask):
         return ~np.isnan(corpus.lat) & ~np.isnan(corpus.lon)
 
     def fit(self, corpus, train_rows, seed):
-        return {"cells": make_cells(geo.to_unit(corpus.lat[train_rows], corpus.lon[train_rows]), seed)}
+        lat, lon = corpus.lat[train_rows], corpus.lon[train_rows]
+        cells = make_cells(geo.to_unit(lat, lon), seed)
+        fitted = {"cells": cells, "cell_places": cell_places(cells, lat, lon)}
+        if "source" in corpus.labels:
+            fitted["outlet_homes"] = outlet_homes(corpus.source[train_rows], lat, lon)
+        return fitted
+
+    def task_inputs(self, corpus, fitted):
+        """The outlet's home (its most frequent training place) as one more candidate place."""
+        if not fitted.get("outlet_homes"):
+            return {}
+        source = corpus.labels.get("source", np.full(len(corpus), None, dtype=object))
+        return home_inputs(source, corpus.lat, corpus.lon, corpus.split == "train", fitted["outlet_homes"])
 
     def targets(self, corpus, fitted, x):
         """latlon, the cell (for the cells head) and, with the gazetteer, which named place is right."""
         xyz = geo.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
         y = {"latlon": np.stack([corpus.lat, corpus.lon], axis=1).astype(np.float32),
              "cell": np.argmax(xyz @ np.asarray(fitted["cells"], float).T, axis=1).astype(np.int32)}
-        if "gaz_xyz" in x:
+        if candidate_arrays(x)[0] is not None:
             y["trust"] = trust_labels(corpus, x)
         return y
 
@@ -96,8 +119,33 @@ class Geoloc(ArticleTask):
         pred = outputs["latlon"].astype(float)
         return {"val_km": float(np.mean(geo.gcd_km(truth[:, 0], truth[:, 1], pred[:, 0], pred[:, 1])))}
 
+    def calibrate(self, data, model, s):
+        """The place decision's threshold, chosen on val (see decide_places)."""
+        va = data.rows["val"]
+        out = self.val_outputs_of(data, model, s)
+        points, support = place_support(out, data.fitted)
+        if points is None or len(va) == 0:
+            return {}
+        truth = data.y["latlon"][va].astype(float)
+        hedge = np.asarray(out["latlon"], float)
+        table = {}
+        for threshold in (*td.PLACE_THRESHOLDS, None):
+            lat, lon = decide_places(hedge, points, support, threshold)
+            km = geo.gcd_km(truth[:, 0], truth[:, 1], lat, lon)
+            table[threshold] = (float(np.mean(km)), float(np.mean(km <= td.PLACE_KM)))
+        bound = (1.0 + td.PLACE_MEAN_SLACK) * min(mean for mean, _ in table.values())
+        allowed = [t for t, (mean, _) in table.items() if mean <= bound]
+        best = max(allowed, key=lambda t: (table[t][1], -table[t][0]))
+        return {"place_threshold": best}
+
     def decode(self, outputs, fitted):
         latlon = np.asarray(outputs["latlon"], float)
+        threshold = (fitted.get("calibration") or {}).get("place_threshold")
+        if threshold is not None:
+            points, support = place_support(outputs, fitted)
+            if points is not None:
+                lat, lon = decide_places(latlon, points, support, threshold)
+                return {"lat": lat, "lon": lon}
         return {"lat": latlon[:, 0], "lon": latlon[:, 1]}
 
     def score(self, corpus, pred, fitted):
@@ -131,12 +179,119 @@ def make_cells(xyz: np.ndarray, seed: int) -> list[list[float]]:
     return geo.spherical_mean(centres[:, None, :]).round(6).tolist()
 
 
+def cell_places(cells, lat: np.ndarray, lon: np.ndarray) -> list[list[float]]:
+    """Each cell's most frequent training location (its k-means centre where the cell is empty):
+    a real place, where the centre can fall between cities or at sea."""
+    centres = np.asarray(cells, float)
+    points = np.stack([lat, lon], axis=1).round(4)
+    member = np.argmax(geo.to_unit(points[:, 0], points[:, 1]) @ centres.T, axis=1)
+    c_lat, c_lon = geo.from_unit(centres)
+    out = []
+    for c in range(len(centres)):
+        pts, counts = np.unique(points[member == c], axis=0, return_counts=True)
+        out.append([float(v) for v in pts[np.argmax(counts)]] if len(pts) else
+                   [round(float(c_lat[c]), 4), round(float(c_lon[c]), 4)])
+    return out
+
+
+def place_support(outputs: dict, fitted: dict):
+    """The places the model can name, [n, m, 2] (lat, lon), and each one's probability mass:
+    its own probability plus that of every other candidate within PLACE_KM (a named city and the
+    cell whose most frequent place it is are one place). Candidates: the named places (trust),
+    and the CANDIDATE_CELLS most likely cells' places, weighted by the trust in the head's own
+    point. (None, None) when the model names no place (regress head without the gazetteer)."""
+    pts, probs = [], []
+    n = len(outputs["latlon"])
+    own = np.ones((n, 1))
+    if "trust" in outputs and "gaz_places" in outputs:
+        trust = np.asarray(outputs["trust"], float)
+        pts.append(np.asarray(outputs["gaz_places"], float))
+        probs.append(trust[:, 1:])
+        own = trust[:, :1]
+    if "cell" in outputs and "cell_places" in fitted:
+        cell = np.asarray(outputs["cell"], float)
+        top = np.argsort(-cell, axis=1)[:, :td.CANDIDATE_CELLS]
+        places = np.asarray(fitted["cell_places"], float)
+        pts.append(geo.to_unit(places[top][..., 0], places[top][..., 1]))
+        probs.append(own * np.take_along_axis(cell, top, axis=1))
+    if not pts:
+        return None, None
+    xyz, p = np.concatenate(pts, axis=1), np.concatenate(probs, axis=1)
+    near = np.einsum("nid,njd->nij", xyz, xyz) >= np.cos(td.PLACE_KM / geo.EARTH_RADIUS_KM)
+    lat, lon = geo.from_unit(xyz)
+    return np.stack([lat, lon], axis=-1), np.einsum("nij,nj->ni", near, p)
+
+
+def decide_places(hedge: np.ndarray, points: np.ndarray, support: np.ndarray, threshold):
+    """(lat, lon): the best-supported place where its mass reaches ``threshold``, else the
+    model's mean-km-optimal point ``hedge`` [n, 2] (threshold None: always the latter)."""
+    lat, lon = hedge[:, 0].copy(), hedge[:, 1].copy()
+    if threshold is None:
+        return lat, lon
+    best = np.argmax(support, axis=1)
+    rows = np.arange(len(best))
+    snap = support[rows, best] >= threshold
+    lat[snap], lon[snap] = points[rows, best, 0][snap], points[rows, best, 1][snap]
+    return lat, lon
+
+
+def outlet_homes(source: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[str, list[float]]:
+    """{outlet: [lat, lon, stories there, stories]} for each outlet with at least
+    OUTLET_HOME_MIN training stories: its most frequent training place. A local paper's stories
+    mostly happen in its town, which settles the "Richmond" or "Athens" that its text names."""
+    points = np.stack([lat, lon], axis=1).round(4)
+    homes = {}
+    for outlet in sorted({s for s in source if isinstance(s, str) and s}):
+        mine = points[source == outlet]
+        if len(mine) < td.OUTLET_HOME_MIN:
+            continue
+        pts, counts = np.unique(mine, axis=0, return_counts=True)
+        best = int(np.argmax(counts))
+        homes[outlet] = [float(pts[best][0]), float(pts[best][1]), int(counts[best]), int(len(mine))]
+    return homes
+
+
+def home_inputs(source, lat, lon, training: np.ndarray, homes: dict) -> dict[str, np.ndarray]:
+    """home_xyz [n, 1, 3], home_mask [n, 1] and home_feat [n, 2] (log1p of the outlet's training
+    stories, the share of them at its home). A training story does not count toward its own
+    outlet's numbers (leave one out), or the model would learn to trust homes more on train
+    than they deserve on new stories."""
+    n = len(source)
+    xyz = np.zeros((n, 1, 3), np.float32)
+    mask = np.zeros((n, 1), np.float32)
+    feat = np.zeros((n, 2), np.float32)
+    for row, outlet in enumerate(source):
+        home = homes.get(outlet) if isinstance(outlet, str) else None
+        if home is None:
+            continue
+        h_lat, h_lon, there, total = home
+        if training[row]:
+            total -= 1
+            there -= int(round(lat[row], 4) == h_lat and round(lon[row], 4) == h_lon)
+        if total < 1 or there < 1:
+            continue
+        xyz[row, 0] = geo.to_unit(h_lat, h_lon)
+        mask[row, 0] = 1.0
+        feat[row] = (np.log1p(total), there / total)
+    return {"home_xyz": xyz, "home_mask": mask, "home_feat": feat}
+
+
+def candidate_arrays(x: dict):
+    """(xyz [n, k, 3], mask [n, k]) of the candidate places the model weighs (the named places,
+    then the outlet's home), in the model's order; (None, None) without any."""
+    parts = [(x[f"{p}_xyz"], x[f"{p}_mask"]) for p in ("gaz", "home") if f"{p}_xyz" in x]
+    if not parts:
+        return None, None
+    return np.concatenate([a for a, _ in parts], axis=1), np.concatenate([m for _, m in parts], axis=1)
+
+
 def trust_labels(corpus, x: dict) -> np.ndarray:
-    """1 + the index of the nearest named place within TRUST_KM of the truth, else 0 (own)."""
+    """1 + the index of the nearest candidate place within TRUST_KM of the truth, else 0 (own)."""
     truth = geo.to_unit(np.nan_to_num(corpus.lat), np.nan_to_num(corpus.lon))
-    cos = np.einsum("nkd,nd->nk", x["gaz_xyz"].astype(float), truth)
+    xyz, mask = candidate_arrays(x)
+    cos = np.einsum("nkd,nd->nk", xyz.astype(float), truth)
     km = np.arccos(np.clip(cos, -1, 1)) * geo.EARTH_RADIUS_KM
-    km = np.where(x["gaz_mask"] > 0, km, np.inf)
+    km = np.where(mask > 0, km, np.inf)
     nearest = np.argmin(km, axis=1)
     return np.where(km[np.arange(len(km)), nearest] <= td.TRUST_KM, nearest + 1, 0).astype(np.int32)
 
@@ -294,21 +449,35 @@ class GeoMedian(keras.layers.Layer):
 
 
 def build_model(features, train_inputs, fitted, head):
-    """Outputs: latlon (the prediction); with the gazetteer, also own (the head's point, trained
-    with the GCD loss) and trust (which of own and the named places is right, trained with
-    cross-entropy), latlon being their geometric median; with cells, cell (cross-entropy)."""
+    """Outputs: latlon (the prediction); with candidate places (the gazetteer's, the outlet's
+    home), also own (the head's point, trained with the GCD loss) and trust (which of own and the
+    candidates is right, trained with cross-entropy), latlon being their geometric median, and
+    gaz_places (the candidates); with cells, cell (cross-entropy)."""
     inputs, h, _ = build_trunk(features, train_inputs, fitted)
     outputs = {}
     anchor = None
+    groups = []  # (xyz, mask, feat) of each kind of candidate
     if "gaz" in features:
-        k = train_inputs["gaz_xyz"].shape[1]
-        trust_in = keras.layers.Concatenate(name="trust_in")([h, inputs["gaz_feat"]])
-        # The head's own point starts at the most-mentioned place (coefficients 1, 0, 0 on the
-        # candidates' unit vectors) and learns how far to move from it: hedging relative to the
-        # evidence is far easier to learn than mapping coordinates from scratch.
+        groups.append((inputs["gaz_xyz"], inputs["gaz_mask"], inputs["gaz_feat"]))
+    if "home_xyz" in train_inputs:
+        for name in ("home_xyz", "home_mask", "home_feat"):
+            inputs[name] = keras.Input(shape=train_inputs[name].shape[1:], name=name)
+        groups.append((inputs["home_xyz"], inputs["home_mask"], inputs["home_feat"]))
+    if groups:
+        def joined(i, name):
+            parts = [g[i] for g in groups]
+            return parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name=name)(parts)
+
+        xyz, mask = joined(0, "candidate_xyz"), joined(1, "candidate_mask")
+        k = sum(int(train_inputs[f"{p}_mask"].shape[1]) for p in ("gaz", "home") if f"{p}_mask" in inputs)
+        trust_in = keras.layers.Concatenate(name="trust_in")([h, *[g[2] for g in groups]])
+        # The head's own point starts at the first candidate (the most-mentioned place, or the
+        # outlet's home without the gazetteer: coefficients 1, 0, ... on the candidates' unit
+        # vectors) and learns how far to move from it: hedging relative to the evidence is far
+        # easier to learn than mapping coordinates from scratch.
         coef = keras.layers.Dense(k, name="anchor_coef", kernel_initializer="zeros",
                                   bias_initializer=keras.initializers.Constant([1.0] + [0.0] * (k - 1)))(trust_in)
-        anchor = keras.layers.Dot(axes=1, name="anchor")([coef, inputs["gaz_xyz"]])
+        anchor = keras.layers.Dot(axes=1, name="anchor")([coef, xyz])
     if head == "regress":
         # With an anchor, the offset starts at zero: the own point starts on the named place.
         own = keras.layers.Dense(3, name="xyz", kernel_initializer="zeros" if anchor is not None else "glorot_uniform")(h)
@@ -321,20 +490,21 @@ def build_model(features, train_inputs, fitted, head):
     if anchor is not None:
         own = keras.layers.Add(name="own_xyz")([own, anchor])
     own = keras.layers.UnitNormalization(name="own_unit")(own)
-    if "gaz" in features:
+    if groups:
         # Trust depends on the article (h) and on the candidates' own numbers (mentions, share,
-        # city or country), which the layer sees directly.
-        # Trust starts on the most-mentioned place (probability ~0.9, so the median is that place):
+        # city or country; the outlet's stories at home), which the layer sees directly.
+        # Trust starts on the first candidate (probability ~0.9, so the median is that place):
         # the untrained model is the gazetteer look-up, and training learns when to doubt it.
         logits = keras.layers.Dense(1 + k, name="trust_logits", kernel_initializer="zeros",
                                     bias_initializer=keras.initializers.Constant([0.0, 3.0] + [0.0] * (k - 1)))(trust_in)
-        trust = TrustSoftmax(name="trust")([logits, inputs["gaz_mask"]])
+        trust = TrustSoftmax(name="trust")([logits, mask])
         outputs["own"] = UnitToLatLon(name="own")(own)
         outputs["trust"] = trust
-        own = GeoMedian(name="median")([trust, own, inputs["gaz_xyz"]])
+        # The candidate places themselves, so that decoding can name one (decide_places).
+        outputs["gaz_places"] = keras.layers.Activation("linear", name="gaz_places")(xyz)
+        own = GeoMedian(name="median")([trust, own, xyz])
     outputs = {"latlon": UnitToLatLon(name="latlon")(own), **outputs}
     return keras.Model(inputs, outputs, name=f"geoloc_{head}")
-
 
 
 TASK = Geoloc()

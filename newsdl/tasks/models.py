@@ -40,8 +40,12 @@ def _dense(units, name, activation="relu"):
 
 def normalizer(name: str, data: np.ndarray):
     """Standardisation with the training rows' statistics, stored in the model's weights."""
+    from newsdl.tasks.data import floored_variance
+
     layer = keras.layers.Normalization(axis=-1, name=name)
     layer.adapt(data if len(data) else np.zeros((1, data.shape[1]), np.float32))
+    mean, var, count = layer.get_weights()
+    layer.set_weights([mean, floored_variance(var).astype(var.dtype), count])
     return layer
 
 
@@ -108,7 +112,7 @@ def build_trunk(features: list[str], train_inputs: dict[str, np.ndarray], fitted
     return inputs, x, wide
 
 
-def head_output(h, wide: dict, units: int, name: str, init: dict | None = None):
+def head_output(h, wide: dict, units: int, name: str, init: dict | None = None, with_linear: bool = False):
     """Wide and deep: a linear model on the raw features (the bag of words as a weighted bag of
     per-term weights) plus a dense layer on the shared representation.
 
@@ -116,7 +120,10 @@ def head_output(h, wide: dict, units: int, name: str, init: dict | None = None):
     baselines.fit_wide_*), the wide path holds that model, frozen, and the deep layer starts at
     zero: training begins at the tuned linear model and learns what it cannot express, under
     early stopping. Small, noisy corpora need a shrinkage that gradient descent with a fixed
-    weight decay does not find; the closed-form fit does, in seconds."""
+    weight decay does not find; the closed-form fit does, in seconds.
+
+    ``with_linear``: returns (logits, the wide path's own logits or None), for a late fusion of
+    the two fitted on val."""
     frozen = init is not None
     deep = keras.layers.Dense(units, name=f"{name}_deep", kernel_initializer="zeros" if frozen else "glorot_uniform")
     terms = [deep(h)]
@@ -139,4 +146,11 @@ def head_output(h, wide: dict, units: int, name: str, init: dict | None = None):
             layers["dense"].set_weights([np.asarray(init["dense"], np.float32)])
         if "bow" in layers:
             layers["bow"].set_weights([np.asarray(init["bow"], np.float32)])
-    return terms[0] if len(terms) == 1 else keras.layers.Add(name=f"{name}_logits")(terms)
+    logits = terms[0] if len(terms) == 1 else keras.layers.Add(name=f"{name}_logits")(terms)
+    if not with_linear:
+        return logits
+    wide_terms = terms[1:]
+    if not wide_terms:
+        return logits, None
+    linear = keras.layers.Add(name=f"{name}_linear")(wide_terms) if len(wide_terms) > 1 else wide_terms[0]
+    return logits, linear

@@ -3,6 +3,17 @@
 Counts are heavy-tailed, so the targets are log1p(count) and the loss is Huber on them: a viral
 outlier moves the fit linearly, not quadratically. Shares are a second output, trained only on
 articles that have them (absent targets add no loss); the SPEC's metrics are on comments.
+
+Besides the text features, the model reads what a newsroom knows before publication
+(tasks/prepub.py): the outlet, the publication hour and weekday, the headline's and the article's
+length, and the headline's character 2-5-grams. The model is wide and deep:
+- wide: one linear model on everything (the standardised word-vector and image features, the
+  word TF-IDF bag, the outlet, hour and weekday ids, the lengths, the headline's n-gram TF-IDF),
+  fitted in closed form as a ridge on train (alpha, and the weight of the outlet, time and length
+  blocks against the bags, chosen on val by Spearman) and frozen;
+- deep: the shared trunk's representation, beside a small dense layer over embeddings of the
+  outlet, hour and weekday and the lengths; its output layer starts at zero, so training starts
+  at the ridge and early stopping keeps what the deep part adds to it.
 """
 
 from __future__ import annotations
@@ -10,8 +21,15 @@ from __future__ import annotations
 import numpy as np
 
 from newsdl import defaults as td
+from newsdl.errors import UserError
 from newsdl.tasks import metrics as M
-from newsdl.tasks.articles import ArticleTask
+from newsdl.tasks import prepub
+from newsdl.tasks.articles import ArticleTask, restore_fitted
+
+# The pre-publication blocks whose weight against the bags is tried on val (the headline's
+# n-grams are a bag like the words, at weight 1). The lengths are three columns of unit variance,
+# so their weight is divided by sqrt(3): every block then starts at about unit norm per article.
+WEIGHTED = {"outlet": 1.0, "hour": 1.0, "weekday": 1.0, "lengths": 1.0 / np.sqrt(len(prepub.LENGTHS))}
 
 
 class Popularity(ArticleTask):
@@ -30,13 +48,39 @@ class Popularity(ArticleTask):
             y = np.log1p(getattr(corpus, name)[train_rows])
             y = y[~np.isnan(y)]
             stats[name] = [float(y.mean()), float(max(y.std(), 1e-3))]
-        return {"targets": names, "target_stats": stats}
+        described, chars = prepub.fit(corpus, train_rows)
+        # The n-gram vectorizer is no JSON: load() keeps it out of config.json, save() writes it.
+        return {"targets": names, "target_stats": stats, **described, "headline_chars": chars}
+
+    def load(self, ws, s):
+        data = super().load(ws, s)
+        data.record.pop("headline_chars")
+        data.record["headline_char_terms"] = len(data.fitted["headline_chars"].vocabulary_)
+        data.record["wide_init"] = {name: {"alpha": part["alpha"], "weights": part["weights"]}
+                                    for name, part in data.fitted.get("wide_init", {}).items()}
+        return data
+
+    def save(self, folder, data):
+        prepub.save_chars(data.fitted["headline_chars"], folder / prepub.HEADLINE_CHARS_FILE)
+        return super().save(folder, data) + [prepub.HEADLINE_CHARS_FILE]
+
+    def restore(self, folder, config, ws):
+        fitted = restore_fitted(folder, config, ws)
+        path = folder / prepub.HEADLINE_CHARS_FILE
+        if not path.is_file():
+            raise UserError(f"{path}: missing; retrain with `newsdl train {config['task']} --force`")
+        fitted["headline_chars"] = prepub.load_chars(path)
+        return fitted
+
+    def task_inputs(self, corpus, fitted):
+        return prepub.inputs(corpus, fitted)
 
     def targets(self, corpus, fitted, x):
         return {name: np.log1p(getattr(corpus, name)).astype(np.float32)[:, None] for name in fitted["targets"]}
 
     def wide_init(self, corpus, x, features, rows, fitted):
-        """Ridge on the model's wide inputs, per target: where its wide path starts."""
+        """Ridge on the model's wide inputs and the pre-publication ones, per target: where its
+        wide path starts."""
         from newsdl.tasks.baselines import fit_wide_ridge
 
         z = {}
@@ -44,7 +88,9 @@ class Popularity(ArticleTask):
             mean, std = fitted["target_stats"][name]
             z[name] = (np.log1p(getattr(corpus, name)) - mean) / std
         bow_rows = fitted["bow_terms"] + 1 if "bow" in features else None
-        return fit_wide_ridge(x, features, rows, z, bow_rows, td.RIDGE_ALPHA)
+        weightings = [{name: w * scale for name, scale in WEIGHTED.items()} for w in td.PREPUB_WEIGHTS]
+        return fit_wide_ridge(x, features, rows, z, bow_rows, td.RIDGE_ALPHA, prepub.wide_blocks(x, fitted),
+                              weightings)
 
     def build(self, data, s, head):
         import keras
@@ -53,11 +99,32 @@ class Popularity(ArticleTask):
 
         train_x = {k: v[data.rows["train"]] for k, v in data.x.items()}
         inputs, h, wide = build_trunk(s["features"], train_x, data.fitted)
+        sizes = prepub.vocab_sizes(data.fitted)
+        for name in ("outlet", "hour", "weekday"):
+            inputs[name] = keras.Input(shape=(1,), dtype="int32", name=name)
+        inputs["lengths"] = keras.Input(shape=(len(prepub.LENGTHS),), name="lengths")
+        inputs["char_ids"] = keras.Input(shape=(train_x["char_ids"].shape[1],), dtype="int32", name="char_ids")
+        inputs["char_w"] = keras.Input(shape=(train_x["char_w"].shape[1],), name="char_w")
+
+        # Deep: the outlet, hour and weekday as learned embeddings with the lengths, one dense
+        # layer, beside the trunk's representation.
+        dims = {"outlet": td.PREPUB_OUTLET_DIM, "hour": td.PREPUB_OUTLET_DIM // 4, "weekday": td.PREPUB_OUTLET_DIM // 4}
+        parts = [keras.layers.Flatten(name=f"{name}_flat")(keras.layers.Embedding(
+            sizes[name], dim, name=f"{name}_embedding", embeddings_regularizer=keras.regularizers.L2(td.L2))(
+            inputs[name])) for name, dim in dims.items()]
+        known = keras.layers.Concatenate(name="prepub_concat")(parts + [inputs["lengths"]])
+        known = keras.layers.Dense(td.BRANCH, activation="relu", name="prepub_dense",
+                                   kernel_regularizer=keras.regularizers.L2(td.L2))(known)
+        known = keras.layers.Dropout(td.DROPOUT, name="prepub_dropout")(known)
+        h = keras.layers.Concatenate(name="with_prepub")([h, known])
+
         outputs = {}
         for name in data.fitted["targets"]:
             mean, std = data.fitted["target_stats"][name]
+            init = (data.fitted.get("wide_init") or {}).get(name)
             # Standardised inside, log1p units outside: the output starts at the training mean.
-            z = head_output(h, wide, 1, f"{name}_z", (data.fitted.get("wide_init") or {}).get(name))
+            z = head_output(h, wide, 1, f"{name}_z", init)
+            z = keras.layers.Add(name=f"{name}_z_all")([z, *_prepub_wide(inputs, sizes, name, init)])
             outputs[name] = keras.layers.Rescaling(scale=std, offset=mean, name=name)(z)
         return keras.Model(inputs, outputs, name="popularity")
 
@@ -115,6 +182,30 @@ class Popularity(ArticleTask):
                 rec[name] = round(float(np.expm1(max(v, 0.0))), 1)
             out.append(rec)
         return out
+
+
+def _prepub_wide(inputs: dict, sizes: dict, target: str, init: dict | None) -> list:
+    """The wide path's terms for the pre-publication inputs, one per block: each holds the ridge's
+    coefficients of that block (frozen), or learns from zero under L2 without a ridge fit."""
+    import keras
+
+    blocks = (init or {}).get("blocks")
+    penalty = None if blocks else keras.regularizers.L2(td.L2)
+    layers, terms = {}, []
+    for name in ("outlet", "hour", "weekday", "char_ids"):
+        layers[name] = keras.layers.Embedding(sizes[name], 1, name=f"{target}_wide_{name}", trainable=not blocks,
+                                              embeddings_initializer="zeros", embeddings_regularizer=penalty)
+    for name in ("outlet", "hour", "weekday"):
+        terms.append(keras.layers.Flatten(name=f"{target}_wide_{name}_flat")(layers[name](inputs[name])))
+    terms.append(keras.layers.Dot(axes=1, name=f"{target}_wide_char_bag")(
+        [inputs["char_w"], layers["char_ids"](inputs["char_ids"])]))
+    layers["lengths"] = keras.layers.Dense(1, use_bias=False, name=f"{target}_wide_lengths", trainable=not blocks,
+                                           kernel_initializer="zeros", kernel_regularizer=penalty)
+    terms.append(layers["lengths"](inputs["lengths"]))
+    if blocks:
+        for name, layer in layers.items():
+            layer.set_weights([np.asarray(blocks[name], np.float32)])
+    return terms
 
 
 TASK = Popularity()

@@ -143,6 +143,12 @@ class Task:
         """Write what was fitted on train into ``folder``; the names written."""
         return []
 
+    def calibrate(self, data: Data, model, s: dict) -> dict:
+        """What is fitted on val after training, from the chosen model (a fusion weight, a
+        temperature, a decision threshold): JSON, kept in config.json's ``fitted`` as
+        "calibration", so evaluate and predict decode with it. {}: nothing."""
+        return {}
+
     # ---------------------------------------------------------------- evaluate, predict
 
     def restore(self, folder: Path, config: dict, ws: Path) -> dict:

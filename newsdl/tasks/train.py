@@ -78,6 +78,10 @@ def _train(ws: Path, t, s: dict, cluster, force: bool, mode: str) -> dict:
     for name, src in ((MODEL, run_dir / "best.keras"), (HISTORY, run_dir / "history.csv")):
         with workspace.atomic_path(folder / name) as tmp:
             shutil.copyfile(src, tmp)
+    calibration = t.calibrate(data, t.load_model(run_dir / "best.keras"), s)
+    if calibration:
+        data.record["calibration"] = calibration
+        log.info("%s: fitted on val after training: %s", t.name, calibration_text(calibration))
     written = t.save(folder, data) or []
     summary = {"task": t.name, "folder": str(folder), "head": best, **data.summary,
                "n_train": int(len(data.rows["train"])), "n_val": int(len(data.rows["val"])),
@@ -114,3 +118,7 @@ def _run(t, data, s: dict, head: str, folder: Path, identity: dict, cluster) -> 
     done = {"head": head, **loop.outcome(t, run_dir)}
     workspace.write_json(run_dir / "done.json", done)
     return done
+
+
+def calibration_text(calibration: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in calibration.items())
