@@ -38,7 +38,10 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr,
                         force=True)
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL", "gensim", "smart_open"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:  # tf.function's retracing advice is for the package's authors, not its users
+        for noisy in ("tensorflow", "absl"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _version(value: bool) -> None:
@@ -50,11 +53,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version."),
 ) -> None:
     _state["verbose"] = verbose
-    if not verbose:  # TensorFlow's C++ start-up notices would bury our own log lines
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not verbose:
+        # TensorFlow's C++ notices would bury our own log lines, its ERROR-level ones included:
+        # "failed call to cuInit" on every machine without a GPU, oneDNN's AVX-512 note. A real
+        # failure raises in Python and is reported as such. --verbose is the way to see them.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     _setup_logging(verbose)
 
 
@@ -130,17 +137,25 @@ def demo(
 
 
 @app.command()
-def status(workspace: Optional[Path] = WorkspaceOpt) -> None:
+def status(workspace: Optional[Path] = WorkspaceOpt,
+           as_json: bool = typer.Option(False, "--json", help="One JSON object: the stages and the jobs.")) -> None:
     """Each stage of the workspace: done, incomplete or pending."""
+    import json
+
+    from newsdl.hpc.status import job_rows
     from newsdl.status import stage_states
 
     ws = _ws(workspace)
-    typer.echo(f"workspace {ws}")
-    for row in stage_states(ws):
-        typer.echo(f"  {row['stage']:<10} {row['state']:<11} {row['detail']}")
-    from newsdl.hpc.status import job_rows
-
+    if not ws.is_dir():
+        raise UserError(f"-w {ws}: no such workspace folder")
+    stages = stage_states(ws)
     jobs = job_rows(ws)  # jobs that `newsdl submit` recorded, as the scheduler sees them
+    if as_json:
+        typer.echo(json.dumps({"workspace": str(ws), "stages": stages, "jobs": jobs}))
+        return
+    typer.echo(f"workspace {ws}")
+    for row in stages:
+        typer.echo(f"  {row['stage']:<10} {row['state']:<11} {row['detail']}")
     if jobs:
         typer.echo(f"jobs ({ws / 'jobs' / 'jobs.json'})")
     for row in jobs:

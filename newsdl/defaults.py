@@ -191,6 +191,8 @@ TRUST_KM = 100.0
 # An outlet with at least this many training stories has a home place (geoloc.outlet_homes):
 # fewer cannot tell a local paper's town from chance.
 OUTLET_HOME_MIN = 3
+# Candidate places that `predict geoloc` lists per article, the best supported first.
+CANDIDATES_SHOWN = 3
 # The place decision (geoloc.decide_places): candidates within this distance are one place
 # (a suburb and its city), the scale of the acc@25km metric ...
 PLACE_KM = 25.0

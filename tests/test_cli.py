@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ def test_version_and_help_do_not_import_tensorflow():
     assert out.split() == ["False", "False", "False"]
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("newsdl ")
+    assert run_cli("-V").stdout == result.stdout
     assert run_cli("--help").returncode == 0
 
 
@@ -57,6 +60,29 @@ def test_status_reports_each_stage(ingested_workspace, tmp_path):
     (tmp_path / "ingest").mkdir()
     (tmp_path / "ingest" / "articles.parquet").write_bytes(b"partial")
     assert "incomplete" in run_cli("status", "-w", tmp_path).stdout
+    as_json = json.loads(run_cli("status", "-w", ingested_workspace, "--json").stdout)
+    assert as_json["workspace"] == str(ingested_workspace) and as_json["jobs"] == []
+    assert {r["stage"]: r["state"] for r in as_json["stages"]}["ingest"] == "done"
+    missing = run_cli("status", "-w", tmp_path / "nonexistent")
+    assert missing.returncode == 2 and "no such workspace folder" in missing.stderr
+
+
+def test_status_flags_metrics_older_than_their_model(tmp_path):
+    from newsdl import workspace
+    from newsdl.status import stage_states
+
+    folder = tmp_path / "models" / "source"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    (folder / "model.keras").write_bytes(b"model")
+    workspace.write_manifest(folder, "train", inputs=[], config={}, counts={}, outputs=["model.keras"],
+                             started=workspace.now())
+    old = (folder / "model.keras").stat().st_mtime_ns - 10**9
+    os.utime(folder / "metrics.json", ns=(old, old))
+    row = {r["stage"]: r for r in stage_states(tmp_path)}["models/source"]
+    assert row["state"] == "done" and "older than the model" in row["detail"]
+    os.utime(folder / "metrics.json", ns=(old + 2 * 10**9, old + 2 * 10**9))
+    assert "older" not in {r["stage"]: r for r in stage_states(tmp_path)}["models/source"]["detail"]
 
 
 def test_demo_runs_end_to_end(tmp_path):

@@ -157,7 +157,13 @@ def test_prepublication_model_trains_and_predicts(featurized_workspace, sample_c
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = predict_task(ws, "popularity", path, out=tmp_path / "p.jsonl", images_root=sample_corpus)
     assert out["predicted"] == 5
-    predicted = {r["id"]: r["log1p_comments"] for r in map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines())}
+    written = list(map(json.loads, (tmp_path / "p.jsonl").read_text().splitlines()))
+    predicted = {r["id"]: r["log1p_comments"] for r in written}
+    # The count is the expected count (Duan's smearing factor, fitted on val): whole, never below 0.
+    factor = config["fitted"]["calibration"]["comments_smearing"]
+    keys = {"id"} | {k for name in config["fitted"]["targets"] for k in (name, f"log1p_{name}")}
+    assert factor > 0 and all(set(r) == keys for r in written)
+    assert all(r["comments"] == int(round(max(np.exp(r["log1p_comments"]) * factor - 1, 0))) for r in written)
     corpus = load_corpus(ws)
     x = task.inputs(corpus, saved.config["features"], saved.fitted)
     rows = np.array([list(corpus.ids).index(r["id"]) for r in records[:1] + records[3:]])

@@ -25,7 +25,8 @@ def test_predict_writes_predictions_and_rejects_bad_records(trained_workspace, s
     missing_image = {**no_image, "id": "new-2", "images": [{"path": "images/nowhere.jpg"}]}
     bad = [{"id": "bad-1", "text": ""}, {"id": "bad-2", "text": "x", "geo": {"lat": 91, "lon": 0}}, "not json"]
     path = _write(tmp_path / "new.jsonl", good + [no_image, missing_image] + bad)
-    for task, keys in (("geoloc", {"id", "lat", "lon"}), ("source", {"id", "source", "probability", "probabilities"}),
+    for task, keys in (("geoloc", {"id", "lat", "lon", "place", "candidates", "expected_error_km"}),
+                       ("source", {"id", "source", "probability", "probabilities"}),
                        ("popularity", {"id", "comments", "log1p_comments", "shares", "log1p_shares"})):
         out = tmp_path / f"{task}.jsonl"
         result = run_newsdl("predict", task, path, "-w", trained_workspace, "--out", out,
@@ -46,6 +47,28 @@ def test_predict_writes_predictions_and_rejects_bad_records(trained_workspace, s
     assert all(sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-3) for r in source)
 
 
+def test_a_story_that_names_one_city_lands_on_it(trained_workspace, tmp_path):  # noqa: F811
+    story = {"id": "paris", "title": "Talks end",
+             "text": "Talks in Paris, France, ended on Friday. Officials in Paris said more would follow."}
+    path = _write(tmp_path / "new.jsonl", [story])
+    out = tmp_path / "p.jsonl"
+    result = run_newsdl("predict", "geoloc", path, "-w", trained_workspace, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # TensorFlow's notices stay hidden without --verbose.
+    for noise in ("cuInit", "oneDNN", "cuda drivers", "retracing", "absl::InitializeLog"):
+        assert noise not in result.stderr + result.stdout, noise
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    from newsdl.geo import gcd_km
+
+    assert gcd_km(rec["lat"], rec["lon"], 48.8566, 2.3522) < 100
+    assert (rec["place"]["name"], rec["place"]["country"]) == ("Paris", "FR") and rec["place"]["km"] < 100
+    top = rec["candidates"][0]
+    assert (top["name"], top["country"]) == ("Paris", "FR") and 0 < top["probability"] <= 1
+    assert [c["probability"] for c in rec["candidates"]] == sorted((c["probability"] for c in rec["candidates"]),
+                                                                    reverse=True)
+    assert rec["expected_error_km"] >= 0
+
+
 def test_predict_parquet_and_the_python_api(trained_workspace, sample_corpus, tmp_path):  # noqa: F811
     import pyarrow.parquet as pq
 
@@ -55,7 +78,8 @@ def test_predict_parquet_and_the_python_api(trained_workspace, sample_corpus, tm
     result = predict_task(trained_workspace, "geoloc", path, out=tmp_path / "p.parquet", images_root=sample_corpus)
     assert result["predicted"] == 4 and result["rejected"] == 0 and result["rejected_file"] is None
     table = pq.read_table(tmp_path / "p.parquet")
-    assert table.column_names == ["id", "lat", "lon"] and table.num_rows == 4
+    assert table.column_names == ["id", "lat", "lon", "place", "candidates", "expected_error_km"]
+    assert table.num_rows == 4
     # The same articles through the training corpus path get the same predictions: predict
     # featurizes new text exactly as featurize and training did.
     import numpy as np

@@ -140,13 +140,15 @@ class Geoloc(ArticleTask):
 
     def decode(self, outputs, fitted):
         latlon = np.asarray(outputs["latlon"], float)
+        lat, lon = latlon[:, 0], latlon[:, 1]
+        points, support = place_support(outputs, fitted)
         threshold = (fitted.get("calibration") or {}).get("place_threshold")
-        if threshold is not None:
-            points, support = place_support(outputs, fitted)
-            if points is not None:
-                lat, lon = decide_places(latlon, points, support, threshold)
-                return {"lat": lat, "lon": lon}
-        return {"lat": latlon[:, 0], "lon": latlon[:, 1]}
+        if points is not None and threshold is not None:
+            lat, lon = decide_places(latlon, points, support, threshold)
+        pred = {"lat": lat, "lon": lon}
+        if points is not None:
+            pred.update(points=points, support=support, expected_km=expected_km(outputs, fitted, lat, lon))
+        return pred
 
     def score(self, corpus, pred, fitted):
         return M.geoloc_metrics(corpus.lat, corpus.lon, pred["lat"], pred["lon"])
@@ -161,8 +163,33 @@ class Geoloc(ArticleTask):
                 plots.world_scatter(folder / "world.png", corpus, preds["model"])]
 
     def records(self, ids, pred, fitted):
-        return [{"id": i, "lat": round(float(a), 5), "lon": round(float(o), 5)}
-                for i, a, o in zip(ids, pred["lat"], pred["lon"])]
+        """The point, the GeoNames place nearest to it, and where the model has candidate places,
+        the CANDIDATES_SHOWN best supported with their probability mass and the expected error."""
+        from newsdl.features.gazetteer import gazetteer
+
+        g = gazetteer()
+        out = []
+        for row, i in enumerate(ids):
+            lat, lon = float(pred["lat"][row]), float(pred["lon"][row])
+            rec = {"id": i, "lat": round(lat, 5), "lon": round(lon, 5), "place": _place(g, lat, lon)}
+            if "points" in pred:
+                order = np.argsort(-pred["support"][row], kind="stable")
+                shown, seen = [], set()
+                for j in order:
+                    if pred["support"][row, j] <= 0 or len(shown) == td.CANDIDATES_SHOWN:
+                        break
+                    c_lat, c_lon = (float(v) for v in pred["points"][row, j])
+                    place = _place(g, c_lat, c_lon)
+                    key = (place["name"], place["country"])
+                    if key in seen:  # one place named twice (a named city and its cell's place)
+                        continue
+                    seen.add(key)
+                    shown.append({**place, "lat": round(c_lat, 5), "lon": round(c_lon, 5),
+                                  "probability": round(float(pred["support"][row, j]), 4)})
+                rec["candidates"] = shown
+                rec["expected_error_km"] = round(float(pred["expected_km"][row]), 1)
+            out.append(rec)
+        return out
 
 
 def make_cells(xyz: np.ndarray, seed: int) -> list[list[float]]:
@@ -220,6 +247,49 @@ def place_support(outputs: dict, fitted: dict):
     near = np.einsum("nid,njd->nij", xyz, xyz) >= np.cos(td.PLACE_KM / geo.EARTH_RADIUS_KM)
     lat, lon = geo.from_unit(xyz)
     return np.stack([lat, lon], axis=-1), np.einsum("nij,nj->ni", near, p)
+
+
+def expected_km(outputs: dict, fitted: dict, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """The prediction's expected error under the model's own distribution: the trust weights over
+    the head's point and the candidates (within the head's point, the cells' places weighted by
+    the cell softmax where there are cells)."""
+    terms = []
+    if "trust" in outputs:
+        trust = np.asarray(outputs["trust"], float)
+        cand = np.asarray(outputs["gaz_places"], float)
+        c_lat, c_lon = geo.from_unit(cand)
+        terms.append((trust[:, 1:], c_lat, c_lon))
+        own_w = trust[:, :1]
+        own = np.asarray(outputs["own"], float)
+    else:
+        own_w = np.ones((len(lat), 1))
+        own = np.asarray(outputs["latlon"], float)
+    if "cell" in outputs and "cell_places" in fitted:
+        places = np.asarray(fitted["cell_places"], float)
+        cell = np.asarray(outputs["cell"], float)
+        terms.append((own_w * cell, np.broadcast_to(places[:, 0], cell.shape), np.broadcast_to(places[:, 1], cell.shape)))
+    else:
+        terms.append((own_w, own[:, :1], own[:, 1:2]))
+    return sum((w * geo.gcd_km(lat[:, None], lon[:, None], a, o)).sum(axis=1) for w, a, o in terms)
+
+
+def _place(g, lat: float, lon: float) -> dict:
+    """The GeoNames place at a point, {name, country, km}: a place whose own point it is (a
+    country's or a region's before a city's), else the most populous city within PLACE_KM
+    ("Paris", not its 3rd arrondissement), else the nearest place."""
+    cos = g.xyz @ geo.to_unit(lat, lon).astype(np.float32)
+    within = np.flatnonzero(cos >= np.cos(td.PLACE_KM / geo.EARTH_RADIUS_KM))
+    km = geo.gcd_km(lat, lon, g.lat[within], g.lon[within])  # float64: float32 cannot tell 1 km
+    exact = [int(i) for i, d in zip(within, km) if d <= 1.0]
+    near = [int(i) for i in within if g.places[i].kind == "city"]
+    pool = exact or near
+    if pool:
+        best = max(pool, key=lambda i: (g.places[i].kind != "city", g.places[i].population))
+    else:
+        best = int(np.argmax(cos))
+    p = g.places[best]
+    return {"name": p.name, "country": p.country,
+            "km": round(float(geo.gcd_km(lat, lon, g.lat[best], g.lon[best])), 1)}
 
 
 def decide_places(hedge: np.ndarray, points: np.ndarray, support: np.ndarray, threshold):
