@@ -215,10 +215,17 @@ def cell_places(cells, lat: np.ndarray, lon: np.ndarray) -> list[list[float]]:
     c_lat, c_lon = geo.from_unit(centres)
     out = []
     for c in range(len(centres)):
-        pts, counts = np.unique(points[member == c], axis=0, return_counts=True)
-        out.append([float(v) for v in pts[np.argmax(counts)]] if len(pts) else
+        mine = points[member == c]
+        out.append(most_frequent_point(mine)[0] if len(mine) else
                    [round(float(c_lat[c]), 4), round(float(c_lon[c]), 4)])
     return out
+
+
+def most_frequent_point(points: np.ndarray) -> tuple[list[float], int]:
+    """The most frequent of ``points`` ([n, 2], already rounded) and how often it occurs."""
+    pts, counts = np.unique(points, axis=0, return_counts=True)
+    best = int(np.argmax(counts))
+    return [float(pts[best][0]), float(pts[best][1])], int(counts[best])
 
 
 def place_support(outputs: dict, fitted: dict):
@@ -315,9 +322,8 @@ def outlet_homes(source: np.ndarray, lat: np.ndarray, lon: np.ndarray) -> dict[s
         mine = points[source == outlet]
         if len(mine) < td.OUTLET_HOME_MIN:
             continue
-        pts, counts = np.unique(mine, axis=0, return_counts=True)
-        best = int(np.argmax(counts))
-        homes[outlet] = [float(pts[best][0]), float(pts[best][1]), int(counts[best]), int(len(mine))]
+        home, there = most_frequent_point(mine)
+        homes[outlet] = [*home, there, int(len(mine))]
     return homes
 
 
