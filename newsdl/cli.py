@@ -14,15 +14,16 @@ from typing import List, Optional
 
 import typer
 
-from newsdl import __version__
+from newsdl import __version__, defaults
 from newsdl.errors import UserError
 
 app = typer.Typer(
     name="newsdl",
     help="Deep learning on news articles: ingest -> featurize -> train -> evaluate.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion: bash, zsh, fish and PowerShell complete commands and choices
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -76,64 +77,70 @@ def ingest(
     inputs: List[Path] = typer.Argument(..., help="Article files: .jsonl, .jsonl.gz, .json, .csv or .parquet"),
     workspace: Optional[Path] = WorkspaceOpt,
     images_root: Optional[Path] = typer.Option(None, help="Folder that image paths are relative to [default: the first input's folder]"),
-    map: List[str] = typer.Option([], "--map", help="Rename an input field: NEW=OLD (repeatable)"),
-    strict: bool = typer.Option(False, help="Stop with exit 2 at the first bad record or image"),
-    force: bool = typer.Option(False, help="Redo the stage even if it is up to date"),
+    map: List[str] = typer.Option([], "--map", metavar="NEW=OLD",
+                                  help="Take the article field NEW from the input's OLD (repeatable); either side "
+                                  "may be a dotted path into nested objects: --map text=body.content, "
+                                  "--map geo.lat=location.latitude"),
+    strict: bool = typer.Option(False, "--strict", help="Stop with exit 2 at the first bad record or image"),
+    force: bool = typer.Option(False, "--force", help="Redo the stage even if it is up to date"),
 ) -> None:
     """Validate and normalise articles into WORKSPACE/ingest/."""
     from newsdl.ingest.run import ingest as run_ingest, parse_mapping
 
-    result = run_ingest(inputs, _ws(workspace), images_root=images_root, mapping=parse_mapping(map),
-                        strict=strict, force=force)
-    _print_ingest(result)
+    mapping = parse_mapping(map)  # a bad --map fails before the inputs are hashed
+    result = run_ingest(inputs, _ws(workspace), images_root=images_root, mapping=mapping, strict=strict,
+                        force=force)
+    for line in ingest_summary(result.counts, result.folder, result.skipped):
+        typer.echo(line)
 
 
-def _print_ingest(result) -> None:
-    c = result.counts
-    state = "up to date, nothing done" if result.skipped else "done"
-    typer.echo(f"ingest {state}: read {c['records_read']} records: accepted {c['accepted']}, "
-               f"rejected {c['rejected']}; images: accepted {c['images_accepted']}, "
-               f"rejected {c['images_rejected']}")
+def ingest_summary(c: dict, folder: Path, skipped: bool) -> list[str]:
+    """What ingest did, in sentences: counts, the reasons for rejects, the splits."""
+    state = "up to date, nothing done" if skipped else "done"
+    lines = [f"ingest {state}: {c['records_read']:,} records read: {c['accepted']:,} accepted, "
+             f"{c['rejected']:,} rejected; images: {c['images_accepted']:,} accepted, "
+             f"{c['images_rejected']:,} rejected"]
     for reason, n in {**c["rejected_by_reason"], **c["images_rejected_by_reason"]}.items():
-        typer.echo(f"  rejected {n:>7}  {reason}")
+        lines.append(f"  rejected {n:>7,}  {reason}")
     if c["rejected"] or c["images_rejected"]:
-        typer.echo(f"  reasons, record by record: {result.folder / 'rejected.jsonl'}")
-    typer.echo(f"  splits: {c['splits']}  ->  {result.folder}")
+        lines.append(f"  reasons, record by record: {folder / 'rejected.jsonl'}")
+    from newsdl.ingest.schema import SPLITS
+
+    order = [s for s in SPLITS if s in c["splits"]] + sorted(set(c["splits"]) - set(SPLITS))
+    splits = ", ".join(f"{c['splits'][s]:,} {s}" for s in order) or "none"
+    lines.append(f"  splits: {splits}  ->  {folder}")
+    return lines
 
 
 @app.command("sample-corpus")
 def sample_corpus(
     out: Path = typer.Argument(..., help="Folder to write articles.jsonl and images/ into"),
-    articles: int = typer.Option(None, "--articles", "-n", help="Number of articles [default: 2000]"),
-    seed: int = typer.Option(None, help="Random seed [default: 1234]"),
+    articles: int = typer.Option(defaults.SAMPLE_ARTICLES, "--articles", "-n", help="Number of articles"),
+    seed: int = typer.Option(defaults.SEED, help="Random seed"),
     images: bool = typer.Option(True, "--images/--no-images", help="Draw image files (--no-images: text only)"),
 ) -> None:
     """Write the embedded BreakingNews-shaped sample corpus."""
-    from newsdl import defaults
     from newsdl.sample.corpus import write_corpus
 
-    n = articles if articles is not None else defaults.SAMPLE_ARTICLES
-    if n < 1:
-        raise UserError(f"--articles {n}: must be at least 1")
-    summary = write_corpus(out, n_articles=n, seed=defaults.SEED if seed is None else seed, images=images)
+    if articles < 1:
+        raise UserError(f"--articles {articles}: must be at least 1")
+    summary = write_corpus(out, n_articles=articles, seed=seed, images=images)
     typer.echo(f"wrote {summary['articles']} articles and {summary['images']} images to {out}")
 
 
 @app.command()
 def demo(
     workspace: Optional[Path] = WorkspaceOpt,
-    articles: int = typer.Option(None, "--articles", "-n", help="Number of sample articles [default: 2000]"),
-    seed: int = typer.Option(None, help="Random seed [default: 1234]"),
-    force: bool = typer.Option(False, help="Redo every stage"),
+    articles: int = typer.Option(defaults.SAMPLE_ARTICLES, "--articles", "-n", help="Number of sample articles"),
+    seed: int = typer.Option(defaults.SEED, help="Random seed"),
+    force: bool = typer.Option(False, "--force", help="Redo every stage"),
 ) -> None:
     """Generate the sample corpus and run every stage on it, ending with a table of metrics."""
-    from newsdl import defaults
     from newsdl.demo import run_demo
 
-    n = articles if articles is not None else defaults.SAMPLE_ARTICLES
-    if n < 20:
-        raise UserError(f"--articles {n}: the demo needs at least 20 articles to split and train")
-    run_demo(_ws(workspace), n_articles=n, seed=defaults.SEED if seed is None else seed, force=force)
+    if articles < 20:
+        raise UserError(f"--articles {articles}: the demo needs at least 20 articles to split and train")
+    run_demo(_ws(workspace), n_articles=articles, seed=seed, force=force)
 
 
 @app.command()
@@ -164,11 +171,11 @@ def status(workspace: Optional[Path] = WorkspaceOpt,
 
 @app.command()
 def doctor() -> None:
-    """Versions, GPU visibility, compiled ops and HPC schedulers on this machine."""
+    """Versions, GPU visibility, compiled ops, HPC schedulers, Java and cached weights on this machine."""
     from newsdl.doctor import report
 
     for key, value in report():
-        typer.echo(f"{key:<22} {value}")
+        typer.echo(f"{key:<26} {value}")
 
 
 def _register_stages() -> None:
@@ -207,15 +214,10 @@ class _QuietTensorFlowImport:
         run = spec.loader.exec_module
 
         def exec_module(module):
-            sys.stderr.flush()
-            saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            try:
+            from newsdl.progress import fd2_hidden
+
+            with fd2_hidden():
                 run(module)
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                os.close(devnull)
 
         spec.loader.exec_module = exec_module
         return spec

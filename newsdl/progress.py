@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
@@ -16,6 +18,25 @@ LOG_EVERY_S = 10.0
 
 def interactive() -> bool:
     return sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def fd2_hidden(enabled: bool = True):
+    """Point file descriptor 2 at /dev/null while the block runs: what C++ libraries and child
+    processes (TensorFlow's loader, the caption metrics' java) write there bypasses Python's
+    logging, and would bury our one-line logs and errors. Python exceptions still raise."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 class Progress:

@@ -101,6 +101,60 @@ def test_scores_of_any_subset_of_images_from_per_image_parts():
     assert twice["bleu1"] != sub["bleu1"]
 
 
+# ------------------------------------------------------------------ names (issue 14)
+
+def test_names_in_captions_become_placeholders():
+    from newsdl.tasks.caption_model import caption_tokens
+    from newsdl.tasks.entities import PERSON, PLACE, template_tokens
+
+    # A known city (several words, the sample corpus's shape), a country, a place one comma from
+    # its state: one <place> each.
+    assert template_tokens("Four white clouds over the coast in Rio de Janeiro") == \
+        ["four", "white", "clouds", "over", "the", "coast", "in", PLACE]
+    assert template_tokens("One red flag at a rally in France") == \
+        ["one", "red", "flag", "at", "a", "rally", "in", PLACE]
+    # A person: capitalised words that are no place; a title and a sentence-initial "In" are not part of it.
+    assert template_tokens("Barack Obama speaks at a rally in Paris, Texas") == \
+        [PERSON, "speaks", "at", "a", "rally", "in", PLACE]
+    assert template_tokens("In Kabul, President Hamid Karzai meets John Kerry") == \
+        ["in", PLACE, "president", PERSON, "meets", PERSON]
+    # No name: the caption's words as before.
+    plain = "Two blue beds outside a hospital in the capital"
+    assert template_tokens(plain) == caption_tokens(plain)
+
+
+ARTICLE = ("President Barack Obama flew to Paris on Monday. Obama met French leaders in Paris, where "
+           "Angela Merkel joined him. Later in Lyon, Obama said Paris had been a fine host.")
+
+
+def test_placeholders_are_filled_from_the_article():
+    from newsdl.tasks.entities import PERSON, PLACE, article_names, fill
+
+    names = article_names(ARTICLE, title="Obama in Paris")
+    # Paris 4 times, Lyon once; France (from "French") after; "Obama" (a town in Japan too) is the person.
+    assert names[PLACE][:2] == ["Paris", "Lyon"] and "Obama" not in names[PLACE]
+    # Barack Obama once in full plus four times by surname, Angela Merkel once.
+    assert names[PERSON] == ["Barack Obama", "Angela Merkel"]
+    assert fill("<person> speaks at a rally in <place>", names) == "Barack Obama speaks at a rally in Paris"
+    # The k-th placeholder of a type takes the article's k-th name; a repeated one is one name.
+    assert fill("<person> and <person> meet in <place> <place>", names) == \
+        "Barack Obama and Angela Merkel meet in Paris"
+
+
+def test_a_placeholder_with_nothing_to_fill_leaves_nothing_dangling():
+    from newsdl.tasks.entities import PERSON, PLACE, article_names, fill, tidy
+
+    none = article_names("the minister said nothing new on tuesday.", title="")
+    assert none == {PLACE: [], PERSON: []}
+    assert fill("four white clouds over the coast in <place>", none) == "four white clouds over the coast"
+    assert fill("four white clouds over the coast in <place>", None) == "four white clouds over the coast"
+    assert fill("<person> and <person> at a rally in <place>", {PERSON: ["Ann Lee"]}) == "Ann Lee at a rally"
+    assert fill("<person> speaks", {}) == "speaks"
+    # <unk> (from a model or a vocabulary of before) goes with its preposition, never shown.
+    assert tidy("four white clouds over the coast in <unk>".split()) == "four white clouds over the coast"
+    assert tidy("clouds in <unk> near the coast".split()) == "clouds near the coast"
+
+
 def _toy(n=240, seed=0):
     """Images in 4 clusters of 16-d features, each cluster with its caption (2 words vary)."""
     from newsdl.tasks import caption_model as cm
@@ -156,6 +210,17 @@ def test_training_lowers_loss_and_beam_is_never_worse_than_greedy():
     words = [vocab.decode(i).split() for i in g_ids]
     assert all(len(w) >= 3 for w in words) and len({w[2] for w in words}) >= 3
 
+    # A banned word is never chosen (the caption decoders ban <unk> so): "city" ends every toy
+    # caption, so without the ban it is emitted; with it, never, and the scores stay true log-probabilities.
+    city = vocab.index["city"]
+    free = cm.Decoder(model, ban=())
+    assert (free.greedy(fc7[:40])[0] == city).any()
+    banned = cm.Decoder(model, ban=(cm.PAD_ID, cm.UNK_ID, cm.START_ID, city))
+    for ids, lp, _ in (banned.greedy(fc7[:40]), banned.beam(fc7[:40], beam=3)):
+        assert not (ids == city).any() and not (ids == cm.UNK_ID).any()
+        np.testing.assert_allclose(_sequence_logprob(banned, fc7[:40], ids), lp, atol=1e-4)
+    assert np.isneginf(dec.ban[[cm.UNK_ID, cm.PAD_ID, cm.START_ID]]).all() and dec.ban[cm.END_ID] == 0
+
 
 @pytest.fixture(scope="module")
 def caption_workspace(featurized_workspace, tmp_path_factory):  # noqa: F811
@@ -202,7 +267,23 @@ def test_caption_end_to_end(caption_workspace, sample_corpus, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert {"model.keras", "vocab.json"} <= set(manifest["outputs"])
     record = json.loads((folder / "evaluate.json").read_text())
-    assert record["outputs"].keys() == {"metrics.json"} and record["config"]["beam"] == 3
+    assert record["outputs"].keys() == {"metrics.json", "captions.png"} and record["config"]["beam"] == 3
+    # Names (issue 14): trained on templates; test scores the filled captions, "unfilled" the same
+    # captions without filling, "filling" the paired difference with its interval.
+    assert config["model"]["placeholders"] is True and metrics["model"]["placeholders"] is True
+    assert "<place>" in json.loads((folder / "vocab.json").read_text())["words"]
+    assert list(metrics["unfilled"]) == list(task.metric_keys)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in metrics["unfilled"].values())
+    for k, d in metrics["filling"].items():
+        assert d["diff"] == pytest.approx(metrics["test"][k] - metrics["unfilled"][k])
+        assert d["ci95"][0] <= d["ci95"][1]
+    assert metrics["model"]["captions_with_placeholders"] > 0
+    assert metrics["filling"]["cider"]["diff"] > 0  # the sample captions end in their article's place
+    for ex in metrics["examples"]:  # the template: the decoded words as they are, placeholders kept
+        assert "<unk>" not in ex["template"] and "<" not in ex["model"], ex
+        assert not ex["model"] or ex["model"].split()[-1] not in ("in", "at", "on", "over", "near"), ex
+    png = folder / "captions.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Reruns are no-ops; another beam width is another evaluation.
     assert train_task(ws, "caption", epochs=2, batch_size=16, seed=7)["skipped"] is True
     assert evaluate_task(ws, "caption") == metrics
@@ -214,6 +295,12 @@ def test_caption_end_to_end(caption_workspace, sample_corpus, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert r["predicted"] == len(rows) > 0
     assert all(isinstance(x["caption"], str) and x["image"] and x["logprob"] <= 0 for x in rows)
+    # Never <unk> nor a placeholder nor a dangling preposition in what predict shows; the template beside it.
+    for x in rows:
+        assert "<" not in x["caption"] and "<unk>" not in x["template"], x
+        assert not x["caption"] or x["caption"].split()[-1] not in ("in", "at", "on", "over", "near"), x
+    assert any("<place>" in x["template"] for x in rows)
+    assert sum(x["caption"] != x["template"] for x in rows) > 0
 
 
 @pytest.mark.slow

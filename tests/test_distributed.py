@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from newsdl import defaults
-from test_tasks_support import ROOT, copy_workspace, featurized_workspace, run_newsdl  # noqa: F401
+from test_tasks_support import ROOT, copy_workspace, featurized_workspace, head_dir, run_newsdl  # noqa: F401
 
 # Small batches, so that 42 training articles make 3 global batches (16, 16, 10: each cut in two
 # per worker; caption and illustrate: 88 images, 6 batches); 4 epochs, with a patience that lets all
@@ -212,8 +212,9 @@ def test_two_workers_match_a_single_process_and_evaluate(task, runs, featurized_
     assert "worker done (2 workers)" in logs[1] and f"train {task} done" in logs[0]
     folder = result["two"] / "models" / task
     head = json.loads((folder / "config.json").read_text())["head"]
-    for name in ("model.keras", "config.json", "history.csv", "manifest.json", f"runs/{head}/best.keras"):
+    for name in ("model.keras", "config.json", "history.csv", "manifest.json"):
         assert (folder / name).is_file(), name
+    assert (head_dir(folder, head) / "best.keras").is_file()
     config = json.loads((folder / "config.json").read_text())
     assert config["distributed"] == "tf_config" and config["summary"]["workers"] == 2
     assert [r["epoch"] for r in _history(folder)] == [0, 1, 2, 3]
@@ -236,10 +237,12 @@ def test_a_killed_job_resumes_after_its_last_epoch(runs, featurized_workspace, t
     """Both workers killed (SIGKILL) once epoch 2's checkpoint is saved; the relaunched job restores
     it, runs only the epochs left, and ends with the uninterrupted run's history and weights."""
     ws = copy_workspace(featurized_workspace, tmp_path / "ws")
-    backup = ws / "models" / "source" / "runs" / "default" / "backup"
     procs = _launch(ws, 2, "source", tag="killed")
     deadline = time.monotonic() + 300
-    while not (backup / "ckpt-2.index").is_file() or "ckpt-2" not in _read(backup / "checkpoint"):
+    while True:
+        backup = head_dir(ws / "models" / "source", "default") / "backup"  # named once the run starts
+        if (backup / "ckpt-2.index").is_file() and "ckpt-2" in _read(backup / "checkpoint"):
+            break
         assert all(p.poll() is None for p, _ in procs), [log.read_text()[-2000:] for _, log in procs]
         assert time.monotonic() < deadline, "no checkpoint after 300 s"
         time.sleep(0.05)
@@ -262,6 +265,9 @@ def test_a_killed_job_resumes_after_its_last_epoch(runs, featurized_workspace, t
     assert trained == list(range(resumed[0] + 1, 5)), logs[0][-3000:]
     assert [r["epoch"] for r in _history(folder)] == [0, 1, 2, 3]
     _assert_matches(folder, runs["two"] / "models" / "source")
+    # The relaunched job resumed the killed job's run, in its folder: one run, the current one.
+    assert head_dir(folder, "default").parent.parent == folder / "runs" / json.loads(
+        (folder / "config.json").read_text())["run"] and len(list((folder / "runs").iterdir())) == 1
 
 
 def _read(path: Path) -> str:

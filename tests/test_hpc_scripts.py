@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,42 @@ def test_dry_run_writes_scripts_and_submits_nothing(tmp_path, sample_corpus):
     assert all(r["job_id"] is None and Path(r["script"]).is_file() for r in lines)
     assert lines[1]["log"] == str(ws / "jobs" / "logs" / "featurize-%A_%a.out")
     assert not (ws / "jobs" / "jobs.json").exists()
+
+
+# A --map value with a blank, both quotes and a $: each must reach ingest as one word, as typed.
+MAPS = ("text=body.content", "geo.lat=location.latitude", """title=head line's "main" $HOME""")
+
+
+def test_map_reaches_the_ingest_line_quoted_as_the_reference():
+    cfg = dataclasses.replace(hpc_config.load(REF / "cluster.toml"), source="tests/reference/hpc/cluster.toml")
+    rendered = {r.path.name: r.text for r in render_chain(
+        cfg, Path("/scratch/proj42/ws"), [Path("/data/bn/a.jsonl.gz")], REF / "map", scheduler="slurm",
+        mapping=MAPS)}
+    reference = REF / "map" / "ingest.sbatch"
+    if UPDATE:
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        reference.write_text(rendered["ingest.sbatch"])
+    assert rendered["ingest.sbatch"] == reference.read_text(), f"{reference} differs from the render"
+    assert all("--map" not in text for name, text in rendered.items() if name != "ingest.sbatch")
+    line = next(l for l in rendered["ingest.sbatch"].splitlines() if " ingest " in l and l.endswith(" &"))
+    # what bash hands newsdl: every pair one word, the quotes and the $ untouched
+    argv = subprocess.run(["bash", "-c", f"set -- {line[:-2]}; printf '%s\\n' \"$@\""], capture_output=True,
+                          text=True, env={"HOME": "/home/x", "PATH": os.environ["PATH"]}).stdout.splitlines()
+    assert [argv[k + 1] for k, word in enumerate(argv) if word == "--map"] == list(MAPS)
+
+
+def test_submit_dry_run_writes_the_map_into_the_ingest_script(tmp_path, sample_corpus):
+    ws = tmp_path / "ws"
+    proc = run_cli("submit", sample_corpus / "articles.jsonl", "-w", ws, "--tasks", "source", "--dry-run",
+                   *(w for pair in MAPS for w in ("--map", pair)), env={"PATH": "/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+    text = (ws / "jobs" / "ingest.sbatch").read_text()
+    assert " ".join(f"--map {shlex.quote(pair)}" for pair in MAPS) in text
+    assert """--map 'title=head line'"'"'s "main" $HOME'""" in text
+    bad = run_cli("submit", sample_corpus / "articles.jsonl", "-w", tmp_path / "ws2", "--dry-run",
+                  "--map", "geo.alt=location.altitude")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert "--map 'geo.alt=location.altitude'" in bad.stderr and not (tmp_path / "ws2" / "jobs").exists()
 
 
 def test_user_errors_are_one_line(tmp_path):

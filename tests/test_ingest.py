@@ -136,6 +136,82 @@ def test_bad_map_is_a_user_error(pair):
         parse_mapping([pair])
 
 
+NESTED = [
+    {"ident": "n1", "body": {"content": "Storm hits Leeds.", "lang": "en"},
+     "location": {"latitude": 53.8, "longitude": -1.55}, "stats": {"n_comments": 12, "n_shares": 5}},
+    {"ident": "n2", "body": {"lang": "fr"}, "location": {"latitude": 48.85, "longitude": 2.35}},
+    {"ident": "n3", "body": {"content": "Vote in Paris."}, "stats": {"n_comments": 3}},
+]
+DOTTED = ["id=ident", "text=body.content", "geo.lat=location.latitude", "geo.lon=location.longitude",
+          "popularity.comments=stats.n_comments"]
+
+
+def _check_dotted(ws: Path, kind: str) -> None:
+    articles, _, rejected, manifest = read_outputs(ws)
+    rows = {r["id"]: r for r in articles.to_pylist()}
+    assert sorted(rows) == ["n1", "n3"]
+    n1, n3 = rows["n1"], rows["n3"]
+    assert (n1["text"], n1["lat"], n1["lon"], n1["comments"]) == ("Storm hits Leeds.", 53.8, -1.55, 12)
+    assert (n3["text"], n3["lat"], n3["lon"], n3["comments"]) == ("Vote in Paris.", None, None, 3)
+    # what the mapping did not take stays in extra, once: not the mapped text a second time
+    assert json.loads(n1["extra"]) == {"body": {"lang": "en"}, "stats": {"n_shares": 5}}
+    assert [(r[kind], r["id"], r["code"], r["field"]) for r in rejected] == [(2, "n2", "missing_text", "text")]
+    counts = manifest["counts"]
+    assert counts["records_read"] == counts["accepted"] + counts["rejected"] == 3
+    assert manifest["config"]["map"]["geo.lat"] == "location.latitude"
+
+
+def test_dotted_map_on_nested_jsonl(tmp_path):
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    result = run_cli("ingest", path, "-w", tmp_path / "ws", *(w for pair in DOTTED for w in ("--map", pair)))
+    assert result.returncode == 0, result.stderr
+    _check_dotted(tmp_path / "ws", "line")
+    assert "3 records read: 2 accepted, 1 rejected" in result.stdout and "missing_text" in result.stdout
+
+
+def test_dotted_map_reads_csv_cells_of_json(tmp_path):
+    path = tmp_path / "nested.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ident", "body", "location", "stats"])
+        for r in NESTED:
+            writer.writerow([r["ident"], json.dumps(r["body"]), json.dumps(r.get("location")) if "location" in r
+                             else "", json.dumps(r["stats"]) if "stats" in r else ""])
+    ingest([path], tmp_path / "ws", mapping=parse_mapping(DOTTED))
+    _check_dotted(tmp_path / "ws", "row")
+
+
+def test_dotted_map_takes_a_dotted_column_first_and_keeps_what_it_shadows(tmp_path):
+    path = write_jsonl(tmp_path / "flat.jsonl", [
+        {"id": "f1", "text": "Flat.", "location.latitude": 10.0, "location": {"latitude": 20.0},
+         "geo": {"lat": 30.0, "lon": 40.0}}])
+    ingest([path], tmp_path / "ws", mapping=parse_mapping(["geo.lat=location.latitude"]))
+    articles, _, rejected, _ = read_outputs(tmp_path / "ws")
+    row = articles.to_pylist()[0]
+    assert rejected == [] and (row["lat"], row["lon"]) == (10.0, 40.0)
+    assert json.loads(row["extra"]) == {"location": {"latitude": 20.0}, "geo.lat (unmapped)": 30.0}
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("text", "expected NEW=OLD"), ("=body.content", "expected NEW=OLD"), ("text=", "expected NEW=OLD"),
+    ("geo.altitude=location.alt", "'geo.altitude' is not an article field"),
+    ("body.content=text", "'body.content' is not an article field"),
+    ("text=body..content", "'body..content' has an empty part"),
+])
+def test_bad_dotted_map_exits_2_naming_it(tmp_path, spec, message):
+    path = write_jsonl(tmp_path / "nested.jsonl", NESTED)
+    result = run_cli("ingest", path, "-w", tmp_path / "ws", "--map", spec)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"newsdl: error: {result.stderr.split('error: ', 1)[1].strip()}"]
+    assert f"--map {spec!r}" in result.stderr and message in result.stderr
+    assert not (tmp_path / "ws" / "ingest" / "articles.parquet").exists()
+
+
+def test_overlapping_maps_are_refused():
+    with pytest.raises(UserError, match="'geo.lat' overlaps 'geo'"):
+        parse_mapping(["geo=place", "geo.lat=location.latitude"])
+
+
 # ------------------------------------------------------------------------- validation
 
 BAD = [

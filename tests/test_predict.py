@@ -109,7 +109,59 @@ def test_predict_with_only_bad_records_exits_2_naming_the_line_and_field(trained
     assert len(line) == 1 and "bad.jsonl:line 1" in line[0] and "comments" in line[0]
     assert not (tmp_path / "o.jsonl").exists()
     for args, needle in ((["predict", "geoloc", tmp_path / "missing.jsonl"], "no such file"),
-                         (["predict", "geoloc", path, "--out", tmp_path / "o.csv"], "--out"),
+                         (["predict", "geoloc", path, "--out", tmp_path / "o.txt"], "--out"),
                          (["predict", "weather", path], "TASK 'weather'")):
         result = run_newsdl(*args, "-w", trained_workspace)
         assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_predict_to_stdout_and_to_csv(trained_workspace, sample_corpus, tmp_path):  # noqa: F811
+    good = _good(sample_corpus, 3)
+    path = _write(tmp_path / "new.jsonl", good + [{"id": "bad", "text": ""}])
+    result = run_newsdl("predict", "source", path, "-w", trained_workspace, "--out", "-")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # stdout holds the records and nothing else, for pipes; the summary and warnings go to stderr.
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in rows] == [g["id"] for g in good]
+    assert "predict source: 3 articles -> -" in result.stderr and "rejected 1 records" in result.stderr
+    rejected = trained_workspace / "models" / "source" / "predictions" / "new.jsonl.rejected.jsonl"
+    assert json.loads(rejected.read_text().splitlines()[0])["id"] == "bad"
+
+    import pandas as pd
+
+    out = tmp_path / "p.csv"
+    result = run_newsdl("predict", "geoloc", path, "-w", trained_workspace, "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["id", "lat", "lon", "place", "candidates", "expected_error_km"]
+    assert list(table["id"]) == [g["id"] for g in good]
+    assert {"name", "country", "km"} <= set(json.loads(table["place"][0]))  # nested values as JSON text
+
+    result = run_newsdl("predict", "source", path, "-w", trained_workspace, "--out", tmp_path / "p.txt")
+    assert result.returncode == 2 and "p.txt" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_illustrate_ranks_the_workspaces_images(trained_workspace, tmp_path):  # noqa: F811
+    import pyarrow.parquet as pq
+
+    from newsdl.errors import UserError
+    from newsdl.tasks import predict_task
+
+    story = {"id": "new", "title": "Storm", "text": "A storm crossed the coast; waves hit the harbour all night."}
+    path = _write(tmp_path / "new.jsonl", [story, {**story, "id": "new-2", "text": "The team won the final."}])
+    out = tmp_path / "ranked.jsonl"
+    r = predict_task(trained_workspace, "illustrate", path, out=out, gallery="workspace")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert r["predicted"] == 2 and [x["id"] for x in rows] == ["new", "new-2"]
+    images = pq.read_table(trained_workspace / "ingest" / "images.parquet").to_pylist()
+    paths = {i["image_id"]: i["path"] for i in images}
+    for row in rows:
+        ranked = row["images"]
+        assert len(ranked) == 10 and all(paths[i["image_id"]] == i["image"] for i in ranked)
+        scores = [i["score"] for i in ranked]
+        assert scores == sorted(scores, reverse=True)
+    assert rows[0]["images"] != rows[1]["images"]  # the ranking reads the article
+    with pytest.raises(UserError, match="--gallery"):
+        predict_task(trained_workspace, "illustrate", path, out=out, gallery="web")
+    with pytest.raises(UserError, match="gallery"):
+        predict_task(trained_workspace, "source", path, out=out, gallery="workspace")

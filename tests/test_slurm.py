@@ -137,9 +137,12 @@ def test_usr1_requeues_training_which_resumes_without_losing_an_epoch(slurm_clus
     script.write_text(scripts.render(spec, cfg))
     job = slurm_cluster.sbatch(script)
 
-    history = ws / "models" / "popularity" / "runs" / "default" / "history.csv"
+    def run_history() -> Path:  # runs/RUN/heads/default/history.csv: RUN is named once training starts
+        found = sorted((ws / "models" / "popularity").glob("runs/*/heads/default/history.csv"))
+        return found[-1] if found else ws / "models" / "popularity" / "runs" / "none" / "history.csv"
+
     deadline = time.monotonic() + 600
-    while not (history.is_file() and len(history.read_text().splitlines()) >= 2):
+    while not ((history := run_history()).is_file() and len(history.read_text().splitlines()) >= 2):
         assert time.monotonic() < deadline, "no epoch finished in 10 minutes"
         assert slurm_cluster.job_state(job) in ("PENDING", "RUNNING"), slurm_cluster.job_state(job)
         time.sleep(0.2)
@@ -154,6 +157,7 @@ def test_usr1_requeues_training_which_resumes_without_losing_an_epoch(slurm_clus
     assert "run 2 (requeues so far: 1 of at most 2)" in log
     resumed = int(re.search(r"resuming after epoch (\d+)", log)[1])
     assert resumed >= finished_at_signal, "a finished epoch was lost"
+    assert run_history() == history, "the requeued job resumes its run, in the same run folder"
     rows = [int(line.split(",")[0]) for line in history.read_text().splitlines()[1:]]
     assert rows == list(range(epochs)), f"each epoch exactly once: {rows}"
     print(f"USR1: {finished_at_signal} epoch(s) finished at the signal; Restarts={records[0]['Restarts']}; "

@@ -12,8 +12,8 @@ import pytest
 from newsdl.tasks.task import Task
 
 from test_tasks_support import (FAST_TRAIN, assert_same_training, copy_workspace,  # noqa: F401
-                                featurized_workspace, kill_after_checkpoint, popen_newsdl, rerecord, run_newsdl,
-                                trained_workspace)
+                                featurized_workspace, head_dir, kill_after_checkpoint, popen_newsdl, rerecord,
+                                run_newsdl, trained_workspace)
 
 BASELINES = {"geoloc": {"constant", "knn", "gazetteer"}, "source": {"majority", "tfidf_logreg"},
              "popularity": {"mean", "ridge"}}
@@ -91,9 +91,9 @@ def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task): 
     if summary["best_epoch"] > 0:  # else the untrained model (the linear start) was the best
         best_row = dict(zip(history[0].split(","), history[summary["best_epoch"]].split(",")))
         assert float(best_row[MONITOR[task]]) == pytest.approx(summary["val_best"], abs=1e-6)
-    # Each head trained in runs/HEAD/; the best one's model and history are the task's.
+    # Each head trained in runs/RUN/heads/HEAD/; the best one's model and history are the task's.
     for head, outcome in config["heads"].items():
-        run_dir = folder / "runs" / head
+        run_dir = head_dir(folder, head)
         for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
             assert (run_dir / name).is_file(), (head, name)
         assert outcome == json.loads((run_dir / "done.json").read_text())
@@ -103,7 +103,7 @@ def test_each_task_trains_and_writes_complete_metrics(trained_workspace, task): 
     assert min(config["heads"].values(), key=lambda o: o["score"]) == best
     assert {k: summary[k] for k in ("val_best", "best_epoch", "epochs_run")} == \
         {k: best[k] for k in ("val_best", "best_epoch", "epochs_run")}
-    run_dir = folder / "runs" / config["head"]
+    run_dir = head_dir(folder, config["head"])
     assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()
     assert (run_dir / "history.csv").read_text() == (folder / "history.csv").read_text()
     if task == "geoloc":
@@ -161,9 +161,10 @@ def test_a_killed_training_resumes_where_it_stopped(featurized_workspace, tmp_pa
     args = ["--epochs", "5", "--patience", "10", "--batch-size", "8", "--seed", "5"]
     killed = copy_workspace(featurized_workspace, tmp_path / "killed")
     whole = copy_workspace(featurized_workspace, tmp_path / "whole")
-    run_dir = killed / "models" / "source" / "runs" / "default"
+    folder = killed / "models" / "source"
     proc = popen_newsdl("train", "source", "-w", killed, *args)
-    epoch = kill_after_checkpoint(proc, run_dir / "backup", 2)
+    epoch = kill_after_checkpoint(proc, lambda: head_dir(folder, "default") / "backup", 2)
+    run_dir = head_dir(folder, "default")
     assert 2 <= epoch < 5
     assert not (killed / "models" / "source" / "manifest.json").exists() and not (run_dir / "done.json").exists()
 
@@ -377,3 +378,35 @@ def test_help_does_not_import_tensorflow():
     assert out.split() == ["False", "False"]
     result = run_newsdl("train", "--help")
     assert result.returncode == 0 and "--features" in result.stdout and "--epochs" in result.stdout
+
+
+def test_standardisation_clamps_new_values_to_the_training_range(tmp_path):
+    """Training rows pass the input layer exactly as plain standardisation would; a value beyond
+    the training range counts as the range's end (a short story's word2vec max is hundreds of
+    deviations out where long articles saturate); the baselines' matrices agree; the layer's
+    range survives a safe-mode save and load."""
+    import keras
+
+    from newsdl.tasks.baselines import dense_blocks
+    from newsdl.tasks.data import floored_variance
+    from newsdl.tasks.models import normalizer
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(200, 4)).astype(np.float32)
+    data[:, 3] = 0.5 + 1e-6 * rng.normal(size=200)  # almost constant on train
+    inp = keras.Input((4,))
+    model = keras.Model(inp, normalizer("w2v_max_norm", data)(inp))
+    std = np.sqrt(floored_variance(data.astype(np.float64).var(axis=0)))
+    want = (data - data.mean(axis=0)) / std
+    assert np.abs(model.predict(data, verbose=0) - want).max() < 1e-3
+    new = np.array([[100.0, -100.0, 0.0, -3.0]], np.float32)
+    edge = np.array([[data[:, 0].max(), data[:, 1].min(), 0.0, data[:, 3].min()]], np.float32)
+    got = model.predict(new, verbose=0)
+    assert np.abs(got - model.predict(edge, verbose=0)).max() < 1e-5
+    assert np.abs(got).max() < 10  # unclamped, the last column would be ~-1e6 deviations
+    both = np.concatenate([data, new])
+    blocks, _ = dense_blocks({"w2v_max": both}, ["w2v_max"], np.arange(200))
+    assert np.abs(blocks[-1] * 2 - got[0]).max() < 1e-3  # the block is scaled by 1/sqrt(4 columns)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    assert np.abs(again.predict(new, verbose=0) - got).max() == 0

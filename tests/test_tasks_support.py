@@ -60,9 +60,26 @@ def rerecord(folder: Path) -> None:
     workspace.write_json(path, manifest)
 
 
-def checkpoint_epoch(backup: Path) -> int:
-    """The epoch of the training loop's latest checkpoint in ``backup`` (runs/HEAD/backup/): the N
-    of the ckpt-N that the ``checkpoint`` file names, once its index is written; 0 before any."""
+def head_dir(folder: Path, head: str) -> Path:
+    """runs/RUN/heads/HEAD/ of a task folder: the current run's (config.json's "run"), else the
+    newest run's (a run in progress or killed); a path that does not exist yet when there is none."""
+    import json
+
+    from newsdl.tasks import layout
+
+    try:
+        run = json.loads((folder / "config.json").read_text())["run"]
+    except (OSError, KeyError, ValueError):
+        runs = layout.run_ids(folder)
+        run = runs[-1] if runs else "no-run-yet"
+    return layout.head_folder(layout.run_folder(folder, run), head)
+
+
+def checkpoint_epoch(backup) -> int:
+    """The epoch of the training loop's latest checkpoint in ``backup`` (runs/RUN/heads/HEAD/backup/,
+    or a function that finds it, for a run that has not named its folder yet): the N of the ckpt-N
+    that the ``checkpoint`` file names, once its index is written; 0 before any."""
+    backup = backup() if callable(backup) else backup
     try:
         text = (backup / "checkpoint").read_text(encoding="utf-8")
     except OSError:
@@ -71,7 +88,7 @@ def checkpoint_epoch(backup: Path) -> int:
     return int(m.group(1)) if m and (backup / f"ckpt-{m.group(1)}.index").is_file() else 0
 
 
-def kill_after_checkpoint(proc: subprocess.Popen, backup: Path, epochs: int, timeout: float = 300) -> int:
+def kill_after_checkpoint(proc: subprocess.Popen, backup, epochs: int, timeout: float = 300) -> int:
     """SIGKILL a `newsdl train` process as soon as its loop has checkpointed ``epochs`` epochs
     (nothing to flush, nothing to clean up: as a crash or a killed job); the epochs checkpointed."""
     deadline = time.monotonic() + timeout
@@ -124,10 +141,13 @@ def check_resume_keeps_the_count(featurized: Path, tmp_path: Path, task: str, ar
     assert f"{name}: early stopping after epoch {stop}:" in result.stderr
 
     proc = popen_newsdl("train", task, "-w", killed, *args)
-    run_dir = killed / "models" / task / "runs" / summary["head"]
-    assert kill_after_checkpoint(proc, run_dir / "backup", stop - 1) == stop - 1
+    folder = killed / "models" / task
+    assert kill_after_checkpoint(proc, lambda: head_dir(folder, summary["head"]) / "backup", stop - 1) == stop - 1
+    run_dir = head_dir(folder, summary["head"])
     assert not (run_dir / "done.json").exists() and not (killed / "models" / task / "manifest.json").exists()
     resumed = run_newsdl("train", task, "-w", killed, *args)
+    # The resumed run is the killed one, in its own folder: no second run folder.
+    assert head_dir(folder, summary["head"]) == run_dir and len(list((folder / "runs").iterdir())) == 1
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{name}: resuming after epoch {stop - 1}" in resumed.stderr
     assert f"{name} epoch {stop - 1}/{cap}:" not in resumed.stderr
@@ -165,11 +185,11 @@ def trained_workspace(featurized_workspace, tmp_path_factory) -> Path:
 
 
 def check_run_folder(folder: Path, head: str) -> dict:
-    """The task trained in runs/HEAD/, like every task, and its model is that run's best epoch's;
-    returns config.json."""
+    """The task trained in runs/RUN/heads/HEAD/, like every task, and its model is that run's best
+    epoch's; returns config.json."""
     import json
 
-    run_dir = folder / "runs" / head
+    run_dir = head_dir(folder, head)
     for name in ("run.json", "best.keras", "history.csv", "done.json", "backup/checkpoint"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "best.keras").read_bytes() == (folder / "model.keras").read_bytes()

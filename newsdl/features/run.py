@@ -180,8 +180,12 @@ def _merge(ws: Path, ingest: Ingest, n_expected: int | None = None, config_expec
         raise UserError(f"{folder}: the parts were made with other image settings; rerun with --force")
     expected = _images_in_scope(ingest, config["max_images"]).column("image_id")
     counts = shards.check_coverage(folder, parts, n, expected)
-    log.info("merge: %d parts cover all %d images: %d featurized, %d rejected", n, counts["images"],
-             counts["featurized"], counts["rejected"])
+    if n == 1:  # one part is an unsharded run's (or a one-shard array's): nothing was merged
+        log.info("images: all %d checked: %d featurized, %d rejected", counts["images"], counts["featurized"],
+                 counts["rejected"])
+    else:
+        log.info("merge: %d parts cover all %d images: %d featurized, %d rejected", n, counts["images"],
+                 counts["featurized"], counts["rejected"])
     return counts
 
 
@@ -279,12 +283,13 @@ def _images_in_scope(ingest: Ingest, max_images: int | None) -> pa.Table:
 def _image_shard(ws: Path, ingest: Ingest, cfg: dict, weights, shard: tuple[int, int], *, gpu: str,
                  batch_size, chunk_size: int, force: bool) -> dict:
     i, n = shard
+    label = "images" if n == 1 else f"images {i}/{n}"  # an unsharded run is the one shard 0/1
     folder = ws / STAGE / "images"
     part = folder / shards.part_name(i, n)
     identity = {"config": cfg, "inputs": {"images.parquet": ingest.images_sha}, "shard": [i, n]}
     meta = shards.read_meta(part)
     if not force and shards.same_run(meta, identity):
-        log.info("images %d/%d: up to date (%s)", i, n, part)
+        log.info("%s: up to date (%s)", label, part)
         return {**meta["counts"], "chunks_computed": 0, "chunks_reused": 0, "skipped": True}
     shards.remove_other_counts(folder, keep_n=n)
     scope = _images_in_scope(ingest, cfg["max_images"])
@@ -295,7 +300,8 @@ def _image_shard(ws: Path, ingest: Ingest, cfg: dict, weights, shard: tuple[int,
     n_chunks = math.ceil(rows.num_rows / chunk_size)
     done = store.done()
     todo = [k for k in range(n_chunks) if k not in done]
-    log.info("images %d/%d: %d images in %d chunks, %d done before", i, n, rows.num_rows, n_chunks, n_chunks - len(todo))
+    log.info("%s: %d images in %d chunk%s, %d done before", label, rows.num_rows, n_chunks,
+             "" if n_chunks == 1 else "s", n_chunks - len(todo))
     stats = {"chunks_computed": len(todo), "chunks_reused": n_chunks - len(todo)}
     runtime = {}
     if todo:
@@ -303,7 +309,7 @@ def _image_shard(ws: Path, ingest: Ingest, cfg: dict, weights, shard: tuple[int,
             raise UserError(f"{ingest.folder / 'manifest.json'}: config.images_root is null but images.parquet lists "
                             f"images; rerun `newsdl ingest --images-root DIR`")
         runtime = _compute_chunks(rows, todo, chunk_size, store, ingest.images_root, cfg, weights,
-                                  policy=_device(gpu), batch_size=batch_size, desc=f"images {i}/{n}")
+                                  policy=_device(gpu), batch_size=batch_size, desc=label)
     counts = store.finalize(n_chunks, part, folder / shards.rejected_name(i, n), identity, {"runtime": runtime})
     return {**counts, **stats, **runtime}
 

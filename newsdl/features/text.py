@@ -271,8 +271,9 @@ def write_text_features(cache: Path, kv, final: Path, max_tokens: int, meta: dic
         }
         writer.add_key_value_metadata({META_KEY: json.dumps({**meta, "counts": report}, sort_keys=True).encode()})
         writer.close()
+    by_split = ", ".join(f"{s} {100 * r:.1f}%" for s, r in report["oov_rate_by_split"].items())
     log.info("text features: %d articles, %d words, %.1f%% out of vocabulary (%s), %d with no known word",
-             report["articles"], report["words"], 100 * report["oov_rate"], report["oov_rate_by_split"],
+             report["articles"], report["words"], 100 * report["oov_rate"], by_split,
              report["articles_no_known_words"])
     return report
 

@@ -13,7 +13,14 @@ from typing import List, Optional
 import typer
 
 from newsdl import defaults
+from newsdl.hpc.config import SCHEDULERS
 from newsdl.tasks import TASKS
+
+
+# Choices for --help and shell completion; run_submit refuses another name in one line (exit 2).
+def _complete_scheduler(incomplete: str) -> list[str]:
+    return [name for name in SCHEDULERS if name.startswith(incomplete)]
+
 
 
 def submit(
@@ -23,7 +30,13 @@ def submit(
                                              "[default: $NEWSDL_WORKSPACE or ./newsdl-work]"),
     images_root: Optional[Path] = typer.Option(None, help="Folder that image paths are relative to "
                                                "[default: the first input's folder]"),
-    scheduler: Optional[str] = typer.Option(None, help="slurm or pbs [default: the config's, else slurm]"),
+    map: List[str] = typer.Option([], "--map", metavar="NEW=OLD",
+                                  help="Passed to `newsdl ingest --map` (repeatable): take the article field NEW "
+                                  "from the input's OLD; either side may be a dotted path: "
+                                  "--map geo.lat=location.latitude"),
+    scheduler: Optional[str] = typer.Option(None, metavar=f"[{'|'.join(SCHEDULERS)}]",
+                                            autocompletion=_complete_scheduler,
+                                            help=f"Batch system [default: the config's, else {defaults.SCHEDULER}]"),
     config: Optional[Path] = typer.Option(None, "--config", help="Cluster config (TOML): resources, modules, "
                                           "environment; see pipelines/cluster.example.toml"),
     shards: Optional[int] = typer.Option(None, help=f"Featurize array tasks [default: the config's, else "
@@ -46,7 +59,7 @@ def submit(
     ws = resolve(workspace)
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     records = run_submit(ws, inputs, images_root=images_root, scheduler=scheduler, config=config, shards=shards,
-                         tasks=task_list, dry_run=dry_run)
+                         tasks=task_list, mapping=map, dry_run=dry_run)
     for r in records:
         typer.echo(json.dumps({k: r[k] for k in ("stage", "job_id", "script", "log")}))
     if dry_run:

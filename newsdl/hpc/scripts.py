@@ -77,9 +77,11 @@ class JobSpec:
 
 
 def chain(cfg: ClusterConfig, ws: Path, inputs: list[Path], *, images_root: Path | None = None,
-          shards: int | None = None, tasks: tuple[str, ...] | None = None) -> list[JobSpec]:
+          shards: int | None = None, tasks: tuple[str, ...] | None = None,
+          mapping: tuple[str, ...] = ()) -> list[JobSpec]:
     """The whole pipeline: ingest -> featurize (array of shards) -> merge -> train and evaluate
-    each task, in submission order (every job after the jobs it depends on)."""
+    each task, in submission order (every job after the jobs it depends on). ``mapping``: ingest's
+    ``--map NEW=OLD`` arguments, each one shell word of the ingest line."""
     shards = cfg.shards if shards is None else shards
     tasks = cfg.tasks if tasks is None else tasks
     check_directive_path(ws, "--workspace")
@@ -87,7 +89,8 @@ def chain(cfg: ClusterConfig, ws: Path, inputs: list[Path], *, images_root: Path
     newsdl = tuple(shlex.split(cfg.newsdl)) or ("newsdl",)
     feat_args = cfg.stage("featurize").args
     ingest_cmd = (*newsdl, "ingest", *map(str, inputs), "-w", str(ws),
-                  *(("--images-root", str(images_root)) if images_root else ()), *cfg.stage("ingest").args)
+                  *(("--images-root", str(images_root)) if images_root else ()),
+                  *(word for pair in mapping for word in ("--map", pair)), *cfg.stage("ingest").args)
     jobs = [
         JobSpec("ingest", "ingest", ingest_cmd, cfg.stage("ingest"), logs),
         JobSpec("featurize", "featurize",

@@ -25,8 +25,9 @@ def jobs_dir(ws: Path) -> Path:
 
 def submit(ws: Path, inputs: list[Path], *, images_root: Path | None = None, scheduler: str | None = None,
            config: Path | None = None, shards: int | None = None, tasks: list[str] | None = None,
-           dry_run: bool = False) -> list[dict]:
-    """Write and (unless ``dry_run``) submit the chain; return one record per job, in order."""
+           mapping: list[str] | None = None, dry_run: bool = False) -> list[dict]:
+    """Write and (unless ``dry_run``) submit the chain; return one record per job, in order.
+    ``mapping``: ingest's ``--map NEW=OLD`` arguments, checked here as ingest checks them."""
     cfg = hpc_config.load(config)
     scheduler = scheduler or cfg.scheduler
     if scheduler not in hpc_config.SCHEDULERS:
@@ -37,6 +38,12 @@ def submit(ws: Path, inputs: list[Path], *, images_root: Path | None = None, sch
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
             raise UserError(f"--tasks {','.join(tasks)}: choose among {', '.join(TASKS)}")
+    if mapping:
+        # A bad --map fails now, not in the ingest job after its wait in the queue. (pyarrow comes
+        # with the import: only when there is a mapping to check.)
+        from newsdl.ingest.run import parse_mapping
+
+        parse_mapping(list(mapping))
     # Jobs start elsewhere, in another folder: every path they see must be absolute.
     inputs = [Path(p).expanduser().resolve() for p in inputs]
     for path in inputs:
@@ -49,7 +56,7 @@ def submit(ws: Path, inputs: list[Path], *, images_root: Path | None = None, sch
     ws = Path(ws)
     out = jobs_dir(ws)
     rendered = render_chain(cfg, ws, inputs, out, scheduler=scheduler, images_root=images_root, shards=shards,
-                            tasks=tuple(tasks) if tasks is not None else None)
+                            tasks=tuple(tasks) if tasks is not None else None, mapping=tuple(mapping or ()))
     (out / "logs").mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
     for r in rendered:
         with atomic_path(r.path) as tmp:

@@ -122,8 +122,8 @@ def _count(value: Any, field: str) -> int | None:
     return count
 
 
-def _maybe_json(value: Any, field: str) -> Any:
-    """CSV cells hold nested fields as JSON text."""
+def maybe_json(value: Any, field: str) -> Any:
+    """CSV cells hold nested fields as JSON text: ``value`` parsed when it is such text, else as is."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
         if deeper_than(value):
             raise FieldError(field, f"nested deeper than {defaults.MAX_JSON_DEPTH} levels", code="too_deep")
@@ -135,7 +135,7 @@ def _maybe_json(value: Any, field: str) -> Any:
 
 
 def _images(value: Any) -> list[dict] | None:
-    value = _maybe_json(value, "images")
+    value = maybe_json(value, "images")
     if value is None or value == "":
         return None
     if not isinstance(value, list):
@@ -151,7 +151,7 @@ def _images(value: Any) -> list[dict] | None:
 
 
 def _keywords(value: Any) -> list[str] | None:
-    value = _maybe_json(value, "keywords")
+    value = maybe_json(value, "keywords")
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -201,7 +201,7 @@ def canonical_row(record: Any, *, check_utf8: bool = False) -> dict:
         raise FieldError("", f"not a JSON object but {_type_name(record)}", code="not_an_object")
     row: dict[str, Any] = {name: _string(record.get(name), name) for name in _STRINGS}
 
-    geo = _maybe_json(record.get("geo"), "geo")
+    geo = maybe_json(record.get("geo"), "geo")
     lat, lon = record.get("lat"), record.get("lon")
     if geo not in (None, ""):
         if not isinstance(geo, dict):
@@ -210,7 +210,7 @@ def canonical_row(record: Any, *, check_utf8: bool = False) -> dict:
     row["lat"] = _number(lat, "lat")
     row["lon"] = _number(lon, "lon")
 
-    popularity = _maybe_json(record.get("popularity"), "popularity")
+    popularity = maybe_json(record.get("popularity"), "popularity")
     comments, shares = record.get("comments"), record.get("shares")
     if popularity not in (None, ""):
         if not isinstance(popularity, dict):

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from newsdl import defaults
 from newsdl.errors import UserError
-from newsdl.ingest.coerce import FieldError, canonical_row, deeper_than, holds_surrogates, printable
+from newsdl.ingest.coerce import FieldError, canonical_row, deeper_than, holds_surrogates, maybe_json, printable
 from newsdl.ingest.schema import CANONICAL, IMAGE_IN, INPUT_SCHEMA
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
@@ -198,15 +198,27 @@ def _open(path: Path):
 
 
 class Renamer:
-    """Applies ``--map NEW=OLD``. A field shadowed by a mapping keeps its value in ``extra``."""
+    """Applies ``--map NEW=OLD``. A field shadowed by a mapping keeps its value in ``extra``.
+
+    NEW and OLD may be dotted paths: OLD into the input record's nested objects (a CSV cell's JSON
+    text included; a key that itself holds the dots is taken first), NEW into the article's
+    (``geo.lat``, ``popularity.comments``). A mapped value leaves its old place, so it is not kept
+    twice in ``extra``; an OLD path a record lacks leaves the field absent.
+    """
 
     def __init__(self, mapping: dict[str, str]):
+        self.mapping = dict(mapping)
         self.old_to_new = {old: new for new, old in mapping.items()}
         self.shadowed = set(mapping) - set(mapping.values())
+        # pyarrow's column-wise parse renames top-level columns only: dotted paths go record by record.
+        self.nested = any("." in path for pair in mapping.items() for path in pair)
 
     def record(self, record: Any) -> Any:
+        """The record renamed; raises FieldError for a path through a CSV cell that is not JSON."""
         if not isinstance(record, dict) or not self.old_to_new:
             return record
+        if self.nested:
+            return self._record_paths(record)
         renamed, shadowed = {}, {}
         for key, value in record.items():
             if key in self.old_to_new:
@@ -218,6 +230,20 @@ class Renamer:
         for key, value in shadowed.items():
             renamed[f"{key} (unmapped)"] = value
         return renamed
+
+    def _record_paths(self, record: dict) -> dict:
+        found = {new: value for new, old in self.mapping.items()
+                 if (value := _get_path(record, old)) is not _MISSING}
+        out = record
+        for old in self.mapping.values():
+            out = _without_path(out, old)
+        for new in self.shadowed:
+            value = _get_path(out, new)
+            if value is not _MISSING:
+                out = {**_without_path(out, new), f"{new} (unmapped)": value}
+        for new, value in found.items():
+            out = _with_path(out, new, value)
+        return out
 
     def parse_schema(self) -> pa.Schema:
         fields = [pa.field(self._old(f.name), f.type) for f in list(INPUT_SCHEMA) + list(_FLAT_ALIASES)]
@@ -236,6 +262,53 @@ class Renamer:
             else:
                 names.append(name)
         return table.rename_columns(names)
+
+
+_MISSING = object()
+
+
+def _get_path(record: dict, path: str) -> Any:
+    """The value at a dotted ``path`` of ``record``, or _MISSING."""
+    if path in record:
+        return record[path]
+    node: Any = record
+    for key in path.split("."):
+        node = maybe_json(node, path)
+        if not isinstance(node, dict) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _without_path(record: dict, path: str) -> dict:
+    """``record`` without the value at ``path`` (a copy; the parents it empties go too)."""
+    if path in record:
+        return {k: v for k, v in record.items() if k != path}
+    head, _, rest = path.partition(".")
+    if not rest or head not in record:
+        return record
+    child = maybe_json(record[head], path)
+    if not isinstance(child, dict) or _get_path(child, rest) is _MISSING:
+        return record
+    child = _without_path(child, rest)
+    return {k: v for k, v in record.items() if k != head} if not child else {**record, head: child}
+
+
+def _with_path(record: dict, path: str, value: Any) -> dict:
+    """``record`` with ``value`` at ``path`` (a copy). A parent that is not an object keeps its
+    value under "NAME (unmapped)", as a shadowed field does."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return {**record, head: value}
+    parent = maybe_json(record.get(head), head)
+    out = dict(record)
+    if parent is None:
+        parent = {}
+    elif not isinstance(parent, dict):
+        out[f"{head} (unmapped)"] = parent
+        parent = {}
+    out[head] = _with_path(parent, rest, value)
+    return out
 
 
 # ---------------------------------------------------------------- the column-wise path
@@ -408,7 +481,8 @@ def _jsonl_block(name, chunk, lines_before, renamer, parse_options, read_options
             if line.strip():
                 yield lines_before + i + 1, line
 
-    if not _valid_utf8(chunk):  # the record path names the field that holds the bad bytes
+    # The record path names the field that holds bad bytes, and follows dotted --map paths.
+    if renamer.nested or not _valid_utf8(chunk):
         return _records_batch(name, "line", items(), renamer, _json_bytes), newlines
     rows = [i for i in records if i not in refused]
     lines = b"".join(chunk[starts[i]:ends[i] + 1] for i in rows) if refused else chunk
@@ -463,8 +537,8 @@ def _records_batch(name: str, kind: str, items, renamer: Renamer, parse: Callabl
             text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
             rejects.append(reject(name, kind, locator, f"unparsable record: {exc}", code="unparsable", record=text))
             continue
-        record = renamer.record(record)
         try:
+            record = renamer.record(record)
             row = canonical_row(record, check_utf8=suspect)
             if suspect and holds_surrogates(record):  # in a part that is not kept: still not UTF-8
                 raise FieldError("", "invalid UTF-8 (or a lone surrogate escape) in the record", code="bad_utf8")

@@ -30,19 +30,38 @@ class IngestResult:
     counts: dict
 
 
+# The article's nested fields that a dotted NEW path of --map may name (SPEC section 1).
+NESTED_FIELDS = {"geo": ("lat", "lon"), "popularity": ("comments", "shares")}
+
+
+def map_targets() -> list[str]:
+    """Every NEW that ``--map NEW=OLD`` accepts: the article's fields and their dotted parts."""
+    fields = set(CANONICAL.names) - {"extra"} | set(NESTED_FIELDS)
+    return sorted(fields | {f"{name}.{part}" for name, parts in NESTED_FIELDS.items() for part in parts})
+
+
 def parse_mapping(pairs: list[str]) -> dict[str, str]:
-    """``NEW=OLD`` pairs onto a dict; NEW must be a field of the input schema."""
-    known = set(CANONICAL.names) - {"extra"} | {"geo", "popularity"}
+    """``NEW=OLD`` pairs onto a dict. NEW is an article field, or a dotted part of one
+    (``geo.lat``); OLD is a field of the input, or a dotted path into its nested objects."""
+    known = map_targets()
     mapping: dict[str, str] = {}
     for pair in pairs:
         new, sep, old = pair.partition("=")
         new, old = new.strip(), old.strip()
         if not sep or not new or not old:
-            raise UserError(f"--map {pair!r}: expected NEW=OLD, e.g. --map text=body")
+            raise UserError(f"--map {pair!r}: expected NEW=OLD, e.g. --map text=body or "
+                            f"--map geo.lat=location.latitude")
         if new not in known:
-            raise UserError(f"--map {pair!r}: {new!r} is not an article field; fields are {', '.join(sorted(known))}")
+            raise UserError(f"--map {pair!r}: {new!r} is not an article field; fields are {', '.join(known)}")
+        if "" in old.split("."):
+            raise UserError(f"--map {pair!r}: {old!r} has an empty part; a path reads like location.latitude")
         if new in mapping:
             raise UserError(f"--map {pair!r}: {new!r} is mapped twice")
+        # geo=... and geo.lat=... would both write the article's geo: which one wins is no one's guess.
+        overlap = next((other for other in mapping if new.startswith(other + ".") or other.startswith(new + ".")),
+                       None)
+        if overlap:
+            raise UserError(f"--map {pair!r}: {new!r} overlaps {overlap!r}, mapped already; map one of them")
         mapping[new] = old
     return mapping
 

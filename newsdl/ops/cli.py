@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def build_cmd(
         cuda: Optional[bool] = typer.Option(
             None, "--cuda/--no-cuda",
-            help="Compile the CUDA kernel too (default: when nvcc is found)."),
+            help="Compile the CUDA kernel too [default: when nvcc is found]"),
         force: bool = typer.Option(False, "--force", help="Rebuild even if the cache has it."),
     ) -> None:
         """Compile the op library for this TensorFlow and CPU into the cache, and say where."""

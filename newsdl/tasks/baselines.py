@@ -32,7 +32,7 @@ BLOCKS = {"w2v_mean": ("w2v_mean",), "w2v_max": ("w2v_max",), "fc7": ("fc7",),
 
 def dense_blocks(x: dict, features, train_rows) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The dense features as the model's Normalization layers see them (standardised with the
-    training rows' statistics; the image block over the articles that have images, then masked,
+    training rows' statistics, clamped to their range; the image block over the articles that have images, then masked,
     with the mask beside it), each block scaled to the same total variance so that 4,096 fc7
     numbers do not drown 300 word-vector ones. Returns (matrix, each column's scale), or Nones."""
     blocks, scales = [], []
@@ -41,6 +41,8 @@ def dense_blocks(x: dict, features, train_rows) -> tuple[np.ndarray | None, np.n
         rows = train_rows if family != "fc7" else train_rows[x["fc7_mask"][train_rows, 0] > 0]
         mean = a[rows].mean(axis=0) if len(rows) else np.zeros(a.shape[1])
         std = np.sqrt(floored_variance(a[rows].var(axis=0))) if len(rows) else np.ones(a.shape[1])
+        if len(rows):  # clamped to the training range, as models.RangedNormalization does
+            a = np.clip(a, a[rows].min(axis=0), a[rows].max(axis=0))
         a = (a - mean) / std
         if family == "fc7":
             a = np.concatenate([a * x["fc7_mask"], x["fc7_mask"]], axis=1)

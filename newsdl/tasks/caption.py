@@ -1,9 +1,16 @@
 """caption: generate an image's caption from its FC7 (and, with ``--context article``, its
 article's word2vec mean) with a Show-and-Tell LSTM decoder (caption_model.py).
 
+Names (issue 14, entities.py): the decoder is trained on caption templates, each place and
+person name of a training caption replaced by <place> or <person>, and each placeholder it emits
+is filled with the name of that type the image's article mentions most (the second placeholder of
+a type with the second, ...); one with nothing to fill is dropped with its preposition. The
+decoders never emit <unk>. metrics.json's `test` scores the filled captions, `unfilled` the same
+captions with every placeholder dropped, and `filling` the difference with its interval.
+
 Files beside the model: vocab.json, the caption vocabulary (<pad>, <unk>, <start>, <end>, then
-words by frequency). The loss is each caption's mean cross-entropy over its words (teacher
-forcing; padding masked out). Captions are compared as the suite's tokenizer writes them (lower
+words by frequency, the placeholders among them). The loss is each caption's mean cross-entropy
+over its words (teacher forcing; padding masked out). Captions are compared as the suite's tokenizer writes them (lower
 case, digits as '#'), for the model and the baselines alike, then through pycocoevalcap's PTB
 tokenizer and scorers.
 """
@@ -21,8 +28,12 @@ import numpy as np
 
 from newsdl import defaults as td
 from newsdl.errors import UserError
+from newsdl.progress import fd2_hidden
+from newsdl.tasks import entities as E
 from newsdl.tasks import multimodal as mm
 from newsdl.tasks.layout import MODEL, VOCAB
+from newsdl.tasks.metrics import paired_bootstrap
+from newsdl.tasks.plots import caption_grid
 from newsdl.tasks.task import Data, split_rows
 
 log = logging.getLogger("newsdl.tasks")
@@ -47,7 +58,8 @@ class Caption(mm.ImageTask):
     def model_config(self):
         return {"model": {"units": td.CAPTION_UNITS, "embed": td.CAPTION_EMBED, "dropout": td.CAPTION_DROPOUT,
                           "l2": td.CAPTION_L2, "max_len": td.CAPTION_MAX_LEN, "min_count": td.CAPTION_MIN_COUNT,
-                          "vocab_max": td.CAPTION_VOCAB_MAX, "length_alpha": td.CAPTION_LENGTH_ALPHA}}
+                          "vocab_max": td.CAPTION_VOCAB_MAX, "length_alpha": td.CAPTION_LENGTH_ALPHA,
+                          "placeholders": td.CAPTION_PLACEHOLDERS}}
 
     def heads(self, s):
         return [f"lstm-{td.CAPTION_UNITS}"]
@@ -56,6 +68,14 @@ class Caption(mm.ImageTask):
         from newsdl.tasks import caption_model as cm
 
         images, tokens, rows = _data(ws, s["seed"])
+        if td.CAPTION_PLACEHOLDERS:
+            from newsdl.tasks.entities import PLACEHOLDERS, template_tokens
+
+            # The decoder learns where a name goes; which name, the article tells at decode time.
+            tokens = [template_tokens(c) if len(t) else t for c, t in zip(images.caption, tokens)]
+            named = sum(any(w in PLACEHOLDERS for w in tokens[i]) for i in rows["train"])
+            log.info("caption: %d of %d training captions name a place or person (placeholders)",
+                     named, len(rows["train"]))
         vocab = cm.Vocabulary.build([tokens[i] for i in rows["train"]])
         # Sequences as long as the longest training caption (at most CAPTION_MAX_LEN): an LSTM step
         # costs the same on padding, and short news-caption corpora would pay for 30 steps otherwise.
@@ -74,6 +94,7 @@ class Caption(mm.ImageTask):
                     record={"fc7_dim": int(images.fc7.shape[1]), "vocabulary": len(vocab), "word2vec_hits": found,
                             "max_len": max_len, "embedding_dim": int(dim)},
                     summary={"context": s["context"], "vocabulary": len(vocab),
+                             "placeholders": bool(td.CAPTION_PLACEHOLDERS),
                              "features": ["fc7"] + (["w2v_mean"] if s["context"] == "article" else [])})
 
     def build(self, data, s, head):
@@ -122,20 +143,37 @@ class Caption(mm.ImageTask):
                                       beam=beam, progress="caption: decoding test images")
         decode_s = time.monotonic() - t1
         text = [" ".join(t) for t in tokens]
-        systems = {"model": [vocab.decode(i, unk=False) for i in ids],
+        templates = [vocab.decode(i, unk=False) for i in ids]
+        names = _article_names(ws, images.article_id[test])
+        filled = [E.scored(E.fill(t, names[a])) for t, a in zip(templates, images.article_id[test])]
+        systems = {"model": filled, "unfilled": [E.fill(t, None) for t in templates],
                    "nearest_neighbour": nearest_captions(images.fc7[train], [text[i] for i in train],
                                                          images.fc7[test]),
                    "most_frequent": [most_frequent_caption([text[i] for i in train])] * len(test)}
         scores, parts = caption_score_parts([[text[i]] for i in test], systems)
+        # Without filling: the same decoded captions, every placeholder dropped as if the article
+        # named nothing. Not a baseline (it is the model); reported beside it with the paired gain.
+        unfilled, unfilled_part = scores.pop("unfilled"), parts.pop("unfilled")
+        filling = paired_bootstrap(lambda idx: {"model": scores_of_images(parts["model"], idx),
+                                                "unfilled": scores_of_images(unfilled_part, idx)},
+                                   {"model": scores["model"], "unfilled": unfilled}, len(test), self.metric_keys,
+                                   int(saved.config["seed"]))["unfilled"]
+        emitted = [sum(w in E.PLACEHOLDERS for w in t.split()) for t in templates]
         result = {"n_train": len(train), "n_test": len(test), "n_val": len(rows["val"]),
                   "scores": scores,
                   "resample": lambda idx: {name: scores_of_images(part, idx) for name, part in parts.items()},
-                  "model": {"context": saved.config["context"],
+                  "model": {"context": saved.config["context"], "placeholders": _placeholders(saved),
+                            "captions_with_placeholders": int(sum(e > 0 for e in emitted)),
                             "captions_per_s": round(len(test) / max(decode_s, 1e-9), 1)},
-                  "examples": [{"image_id": str(images.image_id[i]), "reference": text[i],
-                                "model": systems["model"][j], "nearest_neighbour": systems["nearest_neighbour"][j]}
+                  "unfilled": unfilled, "filling": filling,
+                  "examples": [{"image_id": str(images.image_id[i]), "reference": text[i], "model": filled[j],
+                                "template": templates[j], "nearest_neighbour": systems["nearest_neighbour"][j]}
                                for j, i in enumerate(test[:td.CAPTION_EXAMPLES])]}
-        return result, []
+        shown = test[:td.CAPTION_GRID]
+        grid = caption_grid(saved.folder / "captions.png", _image_files(ws, images.image_id[shown]),
+                            filled[:len(shown)], [text[i] for i in shown],
+                            title=f"caption: {len(shown)} of {len(test)} test images (generated / true)")
+        return result, [grid]
 
     def predict(self, ws, saved, table, root, source, beam):
         """Caption every usable image of the articles; one record per image."""
@@ -147,8 +185,12 @@ class Caption(mm.ImageTask):
             decoder = cm.Decoder(self.load_model(saved.folder / MODEL))
             ctx = new.text["w2v_mean"] if saved.config["context"] == "article" else None
             ids, logprob, length = cm.decode_batches(decoder, new.fc7, ctx, beam=beam, progress="caption: predicting")
-            records = [{"id": str(a), "image": p, "caption": vocab.decode(i), "logprob": round(float(lp), 4),
-                        "words": int(n)} for a, p, i, lp, n in zip(new.article_id, new.path, ids, logprob, length)]
+            texts = dict(zip(map(str, table.column("id").to_pylist()),
+                             zip(table.column("text").to_pylist(), table.column("title").to_pylist())))
+            names = {a: E.article_names(*texts[a]) for a in dict.fromkeys(map(str, new.article_id))}
+            records = [{"id": str(a), "image": p, "caption": E.fill(vocab.decode(i, unk=False), names[str(a)]),
+                        "template": vocab.decode(i, unk=False), "logprob": round(float(lp), 4), "words": int(n)}
+                       for a, p, i, lp, n in zip(new.article_id, new.path, ids, logprob, length)]
         else:
             log.warning("%s: no usable image in the input, nothing to caption", source)
         return records, rejects, (len(records), "images")
@@ -162,6 +204,51 @@ def _data(ws: Path, seed: int, fitted: dict | None = None):
     tokens = [caption_tokens(c) for c in images.caption]
     has = np.array([len(t) > 0 for t in tokens], bool)
     return images, tokens, split_rows(images.split, has, seed, groups=images.article_id, unit="images")
+
+
+def _placeholders(saved) -> bool:
+    """Whether the model was trained on templates (models before issue 14 were not)."""
+    return bool(saved.config.get("model", {}).get("placeholders", False))
+
+
+def _article_names(ws: Path, article_ids) -> dict[str, dict[str, list[str]]]:
+    """The names each of these articles gives (entities.article_names), from ingest's text."""
+    import pyarrow.parquet as pq
+
+    wanted = set(map(str, article_ids))
+    table = pq.read_table(ws / "ingest" / "articles.parquet", columns=["id", "title", "text"])
+    out = {}
+    for aid, title, text in zip(*(table.column(c).to_pylist() for c in ("id", "title", "text"))):
+        if str(aid) in wanted:
+            out[str(aid)] = E.article_names(text, title)
+    return {a: out.get(a, {}) for a in wanted}
+
+
+def _image_files(ws: Path, image_ids) -> list:
+    """Each image as a small RGB array for a figure, None where its file can't be read now (moved
+    since ingest, or refused by ingest's checks: outside the images root, too many pixels)."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from newsdl.features.run import read_ingest
+    from newsdl.ingest.images import read_image, safe_resolve
+
+    root = read_ingest(ws).images_root
+    meta = pq.read_table(ws / "ingest" / "images.parquet", columns=["image_id", "path"])
+    path_of = dict(zip(map(str, meta.column("image_id").to_pylist()), meta.column("path").to_pylist()))
+    out = []
+    for image_id in map(str, image_ids):
+        try:
+            data = read_image(safe_resolve(root, path_of[image_id]))  # checked: size limits, no bomb
+            with Image.open(io.BytesIO(data)) as img:
+                img.thumbnail((td.CAPTION_GRID_PIXELS, td.CAPTION_GRID_PIXELS))
+                out.append(np.asarray(img.convert("RGB")))
+        except Exception as exc:  # noqa: BLE001 - a figure must not fail evaluate
+            log.warning("captions.png: image %s not shown (%s)", image_id, exc)
+            out.append(None)
+    return out
 
 
 def _inputs(images, context: str) -> dict:
@@ -235,7 +322,9 @@ def caption_score_parts(references: list[list[str]], systems: dict[str, list[str
     raw = {f"r/{i}": [{"caption": c or ""} for c in refs] for i, refs in enumerate(references)}
     for name, caps in systems.items():
         raw.update({f"s{name}/{i}": [{"caption": c or ""}] for i, c in enumerate(caps)})
-    tok = PTBTokenizer().tokenize(raw)
+    # Its java child prints "PTBTokenizer tokenized ..." to the fd 2 it inherits; --verbose shows it.
+    with fd2_hidden(not log.isEnabledFor(logging.DEBUG)):
+        tok = PTBTokenizer().tokenize(raw)
     gts = {i: tok[f"r/{i}"] for i in range(n)}
     meteor = Meteor()
     out, parts = {}, {}

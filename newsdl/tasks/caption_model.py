@@ -164,9 +164,10 @@ def build(vocab_size: int, fc7_train: np.ndarray, context_train: np.ndarray | No
 
 
 class Decoder:
-    """Step-by-step decoding with a trained caption model (loaded in safe mode)."""
+    """Step-by-step decoding with a trained caption model (loaded in safe mode); ``ban``: the
+    word ids it never emits (default the specials but <end>; () decodes as before issue 14)."""
 
-    def __init__(self, model):
+    def __init__(self, model, ban=(PAD_ID, UNK_ID, START_ID)):
         import keras
         import tensorflow as tf
 
@@ -188,6 +189,12 @@ class Decoder:
         logp = keras.ops.log_softmax(model.get_layer("next_word")(seq[:, 0]), axis=-1)
         step = keras.Model([word, h_in, c_in], [logp, h, c])
         self.vocab_size = int(model.get_layer("next_word").units)
+        # Words the decoders never choose (their scores stay the model's true log-probabilities):
+        # <unk> is no word to show, and dropping it after the fact leaves "in" dangling where a
+        # name was; <pad> and <start> are never a caption's next word.
+        self.ban = np.zeros(self.vocab_size, np.float32)
+        self.ban[[i for i in ban if i < self.vocab_size]] = -np.inf
+        ban_t = tf.constant(self.ban)
         # The longest caption the model was trained on: decoding stops there.
         self.max_len = int(model.get_layer("word_embedding").input.shape[-1]) - 1
         self._encode = tf.function(lambda xs: encoder(xs, training=False), reduce_retracing=True)
@@ -195,7 +202,7 @@ class Decoder:
 
         def step_top(w, h, c, k):
             logp, h, c = step([w, h, c], training=False)
-            top = tf.math.top_k(logp, k=k)
+            top = tf.math.top_k(logp + ban_t, k=k)
             return top.values, top.indices, h, c
 
         # Beam search needs only each hypothesis' k best next words (the k best of all k x V
@@ -233,7 +240,7 @@ class Decoder:
         word = np.full(n, START_ID, np.int32)
         for t in range(max_len):
             logp, h, c = self.step(word, h, c)
-            word = np.argmax(logp, axis=1).astype(np.int32)
+            word = np.argmax(logp + self.ban, axis=1).astype(np.int32)
             live = ~done
             logprob[live] += logp[np.arange(n), word][live]
             ids[live, t] = word[live]

@@ -32,6 +32,7 @@ from newsdl.tasks.layout import CCA, MODEL, RECALL_PLOT
 from newsdl.tasks.task import Data, split_rows
 
 log = logging.getLogger("newsdl.tasks")
+GALLERIES = ("input", "workspace")  # predict --gallery
 
 
 class Illustrate(mm.ImageTask):
@@ -42,6 +43,14 @@ class Illustrate(mm.ImageTask):
     val_outputs = ("embeddings",)
     metric_keys = ("recall_at_1", "recall_at_5", "recall_at_10", "median_rank")
     main_metric, higher_is_better = "recall_at_10", True
+    # input: rank the images of predict's input file; workspace: the workspace's own ingested
+    # images (a photo desk's archive), for articles that come without pictures.
+    predict_options = {"gallery": "input"}
+
+    def check_option(self, name, value):
+        if name == "gallery" and value not in GALLERIES:
+            raise UserError(f"--gallery {value}: choose {' or '.join(GALLERIES)}")
+        return value
 
     def model_config(self):
         return {"model": {"hidden": td.ILLUSTRATE_HIDDEN, "dim": td.ILLUSTRATE_DIM, "dropout": td.ILLUSTRATE_DROPOUT,
@@ -124,9 +133,12 @@ class Illustrate(mm.ImageTask):
                   "baseline_params": {"cca": {"reg": cca.reg, "dims": int(len(cca.corr)), "power": td.CCA_POWER}}}
         return result, [recall_plot(saved.folder / RECALL_PLOT, ranks, len(test))]
 
-    def predict(self, ws, saved, table, root, source, top: int = max(td.RECALL_AT)):
+    def predict(self, ws, saved, table, root, source, gallery: str = "input", top: int = max(td.RECALL_AT)):
         """For each article, the ``top`` best images among all of the input's usable images (and
-        for each image the best articles), by the trained model."""
+        for each image the best articles), by the trained model; with ``gallery="workspace"``, the
+        ``top`` best of the workspace's own images for each article."""
+        if gallery == "workspace":
+            return self.predict_from_workspace(ws, saved, table, top)
         new, rejects = mm.featurize_new(ws, table, root, source, int(saved.config["fitted"]["fc7_dim"]))
         if len(new.path) == 0:
             raise UserError(f"{source}: no usable image among the articles (field 'images'), nothing to rank")
@@ -145,6 +157,30 @@ class Illustrate(mm.ImageTask):
             records.append({"id": str(new.article_id[j]), "kind": "image", "image": new.path[j],
                             "articles": [{"id": new.articles[a], "score": round(float(col[a]), 4)} for a in best]})
         return records, rejects, (len(new.articles), "articles")
+
+    def predict_from_workspace(self, ws, saved, table, top: int):
+        import pyarrow.parquet as pq
+
+        from newsdl.features import load_text_featurizer
+
+        images = mm.load_images(ws, saved.fitted)
+        meta = pq.read_table(ws / "ingest" / "images.parquet", columns=["image_id", "path"])
+        path_of = dict(zip(meta.column("image_id").to_pylist(), meta.column("path").to_pylist()))
+        feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()),
+                                         list(table.column("title").to_pylist()))
+        model = self.load_model(saved.folder / MODEL)
+        t_emb, _ = embed(model, _text({f: np.asarray(feats[f], np.float32) for f in td.MULTIMODAL_TEXT}), None)
+        _, i_emb = embed(model, None, images.fc7)
+        sim = R.unit(t_emb) @ R.unit(i_emb).T
+        records = []
+        for a, row in zip(table.column("id").to_pylist(), sim):
+            best = np.argsort(-row, kind="stable")[:top]
+            records.append({"id": str(a), "kind": "article", "gallery": "workspace",
+                            "images": [{"image": path_of.get(images.image_id[j]), "image_id": str(images.image_id[j]),
+                                        "article_id": str(images.article_id[j]), "caption": images.caption[j],
+                                        "score": round(float(row[j]), 4)} for j in best]})
+        log.info("illustrate: %d articles ranked against the workspace's %d images", len(records), len(images))
+        return records, [], (len(records), "articles")
 
 
 def _text(text: dict) -> np.ndarray:

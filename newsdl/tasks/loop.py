@@ -21,12 +21,13 @@ What the loop owns, once for every task:
 - the untrained model is a candidate (a closed-form linear model or the gazetteer's look-up for the
   article tasks): a trained epoch replaces it only when better on val by the task's min_delta;
 - early stopping on the task's monitored value (min or max), the best epoch's model kept in
-  runs/HEAD/best.keras (written, then renamed);
-- resume: a tf.train.CheckpointManager in runs/HEAD/backup/ saves the model, the optimizer (whose
+  runs/RUN/heads/HEAD/best.keras (written, then renamed);
+- resume: a tf.train.CheckpointManager in runs/RUN/heads/HEAD/backup/ saves the model, the optimizer (whose
   step count drives the learning rate) and the loop's state (EPOCH...BEST_EPOCH) after each epoch,
   so a killed run ends with the weights of an uninterrupted one. Only the chief writes (the others
   save to a temporary folder they delete: saving is a collective step);
-- history.csv, TensorBoard scalars in logs/HEAD/, a log line per epoch (a bar within it on a tty);
+- history.csv, TensorBoard scalars in runs/RUN/logs/HEAD/ (one folder per run: TensorBoard shows
+  runs side by side, never one run's curve appended to another's), a log line per epoch (a bar within it on a tty);
 - SIGUSR1/SIGTERM on any worker (SLURM's warning before a time limit or a preemption, which the
   job scripts forward): all leave at the same step by raising Preempted, exit 75 (checkpointed,
   requeue me). The cut epoch writes no history row and no checkpoint, so the requeued run resumes
@@ -150,9 +151,10 @@ def set_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: Cluster) -> None:
+def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: Cluster) -> str:
     """Train ``task``'s model on ``data`` (or resume it) until early stopping or the epoch cap;
-    the best val epoch's model ends in run_dir/best.keras (on the chief)."""
+    the best val epoch's model ends in run_dir/best.keras (on the chief). Why training stopped,
+    in words, for train's summary."""
     import keras
     import tensorflow as tf
 
@@ -199,8 +201,9 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
     if start:
         log.info("%s: resuming after epoch %d (best %s %.4g)%s", name, start, task.monitor, sign * st[BEST], who)
         if st[WAIT] >= s["patience"] or start >= s["epochs"]:
-            log.info("%s: early stopping had already ended this run", name)
-            return
+            why = "early stopping" if st[WAIT] >= s["patience"] else f"the epoch cap ({s['epochs']})"
+            log.info("%s: %s had already ended this run", name, why)
+            return f"resumed run already finished ({why} after epoch {start})"
 
     weighted = data.weight is not None
     train_ds = shard_batches(strategy, data.x, data.y, rows["train"], batch, data.weight, seed=s["seed"],
@@ -240,6 +243,7 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
     writer = tf.summary.create_file_writer(str(log_dir)) if cluster.chief else None
     iterator = iter(train_ds)
     columns = None
+    stop = f"the epoch cap ({s['epochs']} epochs)"
     try:
         for epoch in range(start, s["epochs"]):
             t = time.monotonic()
@@ -283,14 +287,17 @@ def fit(task, data, s: dict, head: str, run_dir: Path, log_dir: Path, cluster: C
             if st[WAIT] >= s["patience"]:
                 log.info("%s: early stopping after epoch %d: best %s %.4g at epoch %d", name, epoch + 1,
                          task.monitor, sign * _saved_value(task, st), int(st[BEST_EPOCH]))
+                stop = f"early stopping after {int(st[WAIT])} epochs without improvement (epoch {epoch + 1})"
                 break
         else:
             if st[BEST_EPOCH] == s["epochs"]:
                 log.warning("%s: stopped at the epoch cap (%d) while still improving on val; more epochs "
                             "(--epochs) may help", name, s["epochs"])
+                stop += ", still improving: more --epochs may help"
     finally:
         if not cluster.chief:
             shutil.rmtree(write_dir, ignore_errors=True)
+    return stop
 
 
 def outcome(task, run_dir: Path) -> dict:

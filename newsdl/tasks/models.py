@@ -38,14 +38,42 @@ def _dense(units, name, activation="relu"):
                               kernel_regularizer=keras.regularizers.L2(td.L2))
 
 
+@keras.saving.register_keras_serializable(package="newsdl")
+class RangedNormalization(keras.layers.Normalization):
+    """Standardisation of inputs first clamped to the training rows' range, column by column.
+
+    Training rows pass unchanged, so the model trains exactly as without the clamp. A new article
+    can sit far outside that range where long training articles saturate a column (word2vec's max
+    over hundreds of words): a short story's w2v_max lies hundreds of deviations out there, which
+    pushed every unit of the next layer past anything seen in training and sent a story that names
+    only Paris to the Atlantic. Clamped, it is an unusual article, not an impossible one."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        dim = (int(input_shape[-1]),)
+        self.low = self.add_weight(name="low", shape=dim, initializer=keras.initializers.Constant(-3e38),
+                                   trainable=False)
+        self.high = self.add_weight(name="high", shape=dim, initializer=keras.initializers.Constant(3e38),
+                                    trainable=False)
+
+    def call(self, inputs):
+        return super().call(keras.ops.clip(inputs, self.low, self.high))
+
+
 def normalizer(name: str, data: np.ndarray):
-    """Standardisation with the training rows' statistics, stored in the model's weights."""
+    """Standardisation with the training rows' statistics and range, stored in the model's weights
+    (floored variances; baselines.dense_blocks does the same in numpy)."""
     from newsdl.tasks.data import floored_variance
 
-    layer = keras.layers.Normalization(axis=-1, name=name)
-    layer.adapt(data if len(data) else np.zeros((1, data.shape[1]), np.float32))
-    mean, var, count = layer.get_weights()
-    layer.set_weights([mean, floored_variance(var).astype(var.dtype), count])
+    data = data if len(data) else np.zeros((1, data.shape[1]), np.float32)
+    layer = RangedNormalization(axis=-1, name=name)
+    layer.adapt(data)
+    mean, var, count, _, _ = layer.get_weights()
+    layer.set_weights([mean, floored_variance(var).astype(var.dtype), count, data.min(axis=0).astype(mean.dtype),
+                       data.max(axis=0).astype(mean.dtype)])
+    # The layer standardises with tensors derived from its weights when adapt() ends; without this
+    # the new variances would reach only a reloaded model, and training would see the unfloored ones.
+    layer.finalize_state()
     return layer
 
 

@@ -186,8 +186,10 @@ class Popularity(ArticleTask):
     def plots(self, folder, corpus, preds, fitted):
         from newsdl.tasks import plots
 
+        # The ridge beside the model: how much the network adds over a linear fit of its features.
+        ridge = {"ridge": preds["ridge"]["comments"]} if "ridge" in preds else None
         return [plots.predicted_vs_true(folder / "predicted_vs_true.png", np.log1p(corpus.comments),
-                                        preds["model"]["comments"])]
+                                        preds["model"]["comments"], ridge)]
 
     def records(self, ids, pred, fitted):
         out = []

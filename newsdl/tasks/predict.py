@@ -4,14 +4,16 @@ New articles go through ingest's readers and checks (same formats, same rules: a
 rejected with its line, field and reason, a bad image is dropped), then through featurize's own
 text and image featurizers (the saved word2vec, tokenizer settings and backbone) and what the
 model fitted on train (Task.predict): exactly the inputs the model was trained on.
-Predictions go to JSON Lines or Parquet (by --out's suffix); rejected records to
-OUT.rejected.jsonl beside it.
+Predictions go to JSON Lines, CSV or Parquet (by --out's suffix), or as JSON Lines to stdout
+(``--out -``, for pipes: the log stays on stderr); rejected records to OUT.rejected.jsonl beside
+it (with ``-``: beside the default output file).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 
@@ -21,6 +23,9 @@ from newsdl.tasks import get
 from newsdl.tasks.task import read_saved
 
 log = logging.getLogger("newsdl.tasks")
+STDOUT = "-"  # --out -: JSON Lines to stdout
+OUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
+PREDICT_ONLY = ("gallery",)  # the options of Task.predict_options, of any task
 
 
 def default_out(ws: Path, task: str, input_path: Path) -> Path:
@@ -62,14 +67,17 @@ def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = No
                  images_root: Path | None = None, **options) -> dict:
     """Predict TASK for the articles of INPUT; write them to ``out`` (.jsonl or .parquet).
     Returns {out, predicted, unit, rejected, images_rejected, rejected_file}. ``options``: the
-    task's predict options (caption: beam; None: the one it was trained with)."""
+    task's evaluate options (caption: beam; None: the one it was trained with) and its predict-only
+    ones (``Task.predict_options``: illustrate's gallery)."""
     ws, input_path, t = Path(ws), Path(input_path).expanduser(), get(task)
+    own = t.predict_settings({k: options.pop(k) for k in list(options) if k in PREDICT_ONLY})
     t.use_options(options)  # a usage mistake is told before the model is read
     saved = read_saved(ws, t)
-    options = t.use_options(options, saved)
-    out = Path(out).expanduser() if out else default_out(ws, task, input_path)
-    if out.suffix not in (".jsonl", ".parquet"):
-        raise UserError(f"--out {out}: expected a .jsonl or .parquet file name")
+    options = {**t.use_options(options, saved), **own}
+    to_stdout = str(out) == STDOUT
+    out = default_out(ws, task, input_path) if not out or to_stdout else Path(out).expanduser()
+    if out.suffix not in OUT_SUFFIXES:
+        raise UserError(f"--out {out}: expected -, or a file name ending in {', '.join(OUT_SUFFIXES)}")
     table, rejects, root = read_articles(input_path, images_root)
     records_rejected = [r for r in rejects if "image" not in r]
     if table.num_rows == 0:
@@ -78,9 +86,13 @@ def predict_task(ws: Path, task: str, input_path: Path, *, out: Path | None = No
     records, image_rejects, (count, unit) = t.predict(ws, saved, table, root, input_path, **options)
     rejects += image_rejects
     rejected_file = out.with_name(out.name + ".rejected.jsonl") if rejects else None
-    write_predictions(out, records)
+    if to_stdout:
+        sys.stdout.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        sys.stdout.flush()
+    else:
+        write_predictions(out, records)
     write_rejects(rejected_file, rejects)
-    return {**predict_summary(out, count, rejects, rejected_file), "unit": unit}
+    return {**predict_summary(STDOUT if to_stdout else out, count, rejects, rejected_file), "unit": unit}
 
 
 def write_rejects(rejected_file: Path | None, rejects: list[dict]) -> None:
@@ -94,11 +106,18 @@ def write_rejects(rejected_file: Path | None, rejects: list[dict]) -> None:
                 n_records, len(rejects) - n_records, describe_reject(rejects[0]), rejected_file)
 
 
-def predict_summary(out: Path, n: int, rejects: list[dict], rejected_file: Path | None) -> dict:
+def predict_summary(out: Path | str, n: int, rejects: list[dict], rejected_file: Path | None) -> dict:
     """What predict returns: {out, predicted, rejected, images_rejected, rejected_file}."""
     n_records = sum("image" not in r for r in rejects)
     return {"out": str(out), "predicted": n, "rejected": n_records, "images_rejected": len(rejects) - n_records,
             "rejected_file": str(rejected_file) if rejected_file else None}
+
+
+def flat_rows(records: list[dict]) -> list[dict]:
+    """Records with their nested values (places, candidates, ranked lists) as JSON text: one
+    scalar per cell, as ingest reads nested fields from CSV."""
+    return [{k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v) for k, v in r.items()}
+            for r in records]
 
 
 def write_predictions(out: Path, records: list[dict]) -> None:
@@ -106,8 +125,13 @@ def write_predictions(out: Path, records: list[dict]) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = [{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()} for r in records]
         with workspace.atomic_path(out) as tmp:
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            pq.write_table(pa.Table.from_pylist(flat_rows(records)), tmp)
+        return
+    if out.suffix == ".csv":
+        import pandas as pd
+
+        with workspace.atomic_path(out) as tmp:
+            pd.DataFrame(flat_rows(records)).to_csv(tmp, index=False)
         return
     workspace.write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

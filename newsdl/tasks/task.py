@@ -77,6 +77,7 @@ class Task:
     main_metric, higher_is_better = "", True  # the metric the model must win on
     options: dict = {}  # the TASK_OPTIONS this task has, with their defaults
     eval_options: tuple = ()  # of those, the ones evaluate and predict take too
+    predict_options: dict = {}  # options only predict takes, with their defaults
     features = False  # whether --features applies
     files: tuple = ()  # what train writes beside the model and config.json, for evaluate and predict
     val_outputs: tuple = ()  # model outputs that validate() reads
@@ -115,6 +116,14 @@ class Task:
                 raise UserError(f"--{name} {value}: {self.name} has no such option")
         return {} if saved is None else {k: self.check_option(k, saved.config.get(k) if given.get(k) is None
                                                                else given[k]) for k in self.eval_options}
+
+    def predict_settings(self, given: dict) -> dict:
+        """predict's own options (``predict_options``), defaults filled in and checked."""
+        for name, value in given.items():
+            if value is not None and name not in self.predict_options:
+                raise UserError(f"--{name} {value}: {self.name} has no such option")
+        return {k: self.check_option(k, default if given.get(k) is None else given[k])
+                for k, default in self.predict_options.items()}
 
     def check_option(self, name: str, value):
         """A task option's value, checked (UserError when it is not one of the allowed)."""
@@ -167,6 +176,8 @@ class Task:
     def load_model(self, path: Path):
         """A saved model, loaded in safe mode (no code from the file runs); not compiled."""
         import keras
+
+        from newsdl.tasks import models  # noqa: F401  (registers the layers every trunk uses)
 
         return keras.models.load_model(path, safe_mode=True, compile=False)
 
