@@ -455,9 +455,10 @@ class Gazetteer:
 
     # -- public API -----------------------------------------------------------------------------
 
-    def mentions(self, text: str | None) -> list[Mention]:
-        """Places named in ``text``, best first (mentions, city before country, population)."""
-        counts = Counter(pid for _, _, pid in self.resolve(text))
+    def mentions(self, text: str | None, resolved: list[tuple[int, int, int]] | None = None) -> list[Mention]:
+        """Places named in ``text``, best first (mentions, city before country, population);
+        ``resolved``: ``resolve(text)`` when the caller already has it."""
+        counts = Counter(pid for _, _, pid in (self.resolve(text) if resolved is None else resolved))
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], self.places[kv[0]].kind != "city",
                                                         -self.places[kv[0]].population, kv[0]))
         return [Mention(pid, n) for pid, n in ranked]

@@ -22,7 +22,6 @@ def _complete_scheduler(incomplete: str) -> list[str]:
     return [name for name in SCHEDULERS if name.startswith(incomplete)]
 
 
-
 def submit(
     inputs: List[Path] = typer.Argument(..., help="Article files for `newsdl ingest`"),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",

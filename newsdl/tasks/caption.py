@@ -188,9 +188,10 @@ class Caption(mm.ImageTask):
             texts = dict(zip(map(str, table.column("id").to_pylist()),
                              zip(table.column("text").to_pylist(), table.column("title").to_pylist())))
             names = {a: E.article_names(*texts[a]) for a in dict.fromkeys(map(str, new.article_id))}
-            records = [{"id": str(a), "image": p, "caption": E.fill(vocab.decode(i, unk=False), names[str(a)]),
-                        "template": vocab.decode(i, unk=False), "logprob": round(float(lp), 4), "words": int(n)}
-                       for a, p, i, lp, n in zip(new.article_id, new.path, ids, logprob, length)]
+            templates = [vocab.decode(i, unk=False) for i in ids]
+            records = [{"id": str(a), "image": p, "caption": E.fill(t, names[str(a)]), "template": t,
+                        "logprob": round(float(lp), 4), "words": int(n)}
+                       for a, p, t, lp, n in zip(new.article_id, new.path, templates, logprob, length)]
         else:
             log.warning("%s: no usable image in the input, nothing to caption", source)
         return records, rejects, (len(records), "images")
@@ -229,15 +230,13 @@ def _image_files(ws: Path, image_ids) -> list:
     since ingest, or refused by ingest's checks: outside the images root, too many pixels)."""
     import io
 
-    import pyarrow.parquet as pq
     from PIL import Image
 
     from newsdl.features.run import read_ingest
     from newsdl.ingest.images import read_image, safe_resolve
 
     root = read_ingest(ws).images_root
-    meta = pq.read_table(ws / "ingest" / "images.parquet", columns=["image_id", "path"])
-    path_of = dict(zip(map(str, meta.column("image_id").to_pylist()), meta.column("path").to_pylist()))
+    path_of = mm.image_paths(ws)
     out = []
     for image_id in map(str, image_ids):
         try:

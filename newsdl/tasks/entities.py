@@ -71,14 +71,15 @@ def _not_a_name_word(word: str) -> bool:
 
 # ------------------------------------------------------------------ finding names
 
-def place_spans(text: str) -> list[tuple[int, int, str]]:
+def place_spans(text: str, resolved: list[tuple[int, int, int]] | None = None) -> list[tuple[int, int, str]]:
     """(start, end, GeoNames name) of each place named in ``text``; places one comma apart are one
-    span (with the first's name: "Paris, Texas" is Paris)."""
+    span (with the first's name: "Paris, Texas" is Paris). ``resolved``: the gazetteer's
+    ``resolve(text)``, when the caller already has it."""
     from newsdl.features.gazetteer import gazetteer
 
     g = gazetteer()
     spans: list[tuple[int, int, str]] = []
-    for start, end, pid in g.resolve(text):
+    for start, end, pid in g.resolve(text) if resolved is None else resolved:
         if spans and re.fullmatch(r"\s*,\s*", text[spans[-1][1]:start]):
             spans[-1] = (spans[-1][0], end, spans[-1][2])
         else:
@@ -154,11 +155,13 @@ def article_names(text: str | None, title: str | None = None) -> dict[str, list[
     if not full:
         return {PLACE: [], PERSON: []}
     g = gazetteer()
-    persons = person_spans(full)
+    resolved = g.resolve(full)  # the costly step, once for both kinds of name
+    persons = person_spans(full, place_spans(full, resolved))
     # A person's surname is no place ("Obama" is also a town in Japan): once the article names
     # the person in full, the word alone means them.
     person_words = {w for _, _, name in persons for w in name.split()}
-    places = [name for name in (g.places[m.place].name for m in g.mentions(full)) if name not in person_words]
+    places = [name for name in (g.places[m.place].name for m in g.mentions(full, resolved))
+              if name not in person_words]
     counts = Counter(name for _, _, name in persons)
     first: dict[str, int] = {}
     for k, (_, _, name) in enumerate(persons):

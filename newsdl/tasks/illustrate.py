@@ -159,17 +159,10 @@ class Illustrate(mm.ImageTask):
         return records, rejects, (len(new.articles), "articles")
 
     def predict_from_workspace(self, ws, saved, table, top: int):
-        import pyarrow.parquet as pq
-
-        from newsdl.features import load_text_featurizer
-
         images = mm.load_images(ws, saved.fitted)
-        meta = pq.read_table(ws / "ingest" / "images.parquet", columns=["image_id", "path"])
-        path_of = dict(zip(meta.column("image_id").to_pylist(), meta.column("path").to_pylist()))
-        feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()),
-                                         list(table.column("title").to_pylist()))
+        path_of = mm.image_paths(ws)
         model = self.load_model(saved.folder / MODEL)
-        t_emb, _ = embed(model, _text({f: np.asarray(feats[f], np.float32) for f in td.MULTIMODAL_TEXT}), None)
+        t_emb, _ = embed(model, _text(mm.new_article_text(ws, table)), None)
         _, i_emb = embed(model, None, images.fc7)
         sim = R.unit(t_emb) @ R.unit(i_emb).T
         records = []

@@ -134,14 +134,27 @@ def featurize_images(ws: Path, table, root: Path, source: Path, dim: int):
     return np.asarray(owners, int)[keep], [paths[i] for i in keep], fc7[keep], rejects
 
 
+def new_article_text(ws: Path, table) -> dict[str, np.ndarray]:
+    """The text features (td.MULTIMODAL_TEXT) of the articles of ``table``, made as the workspace's were."""
+    from newsdl.features import load_text_featurizer
+
+    feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()), list(table.column("title").to_pylist()))
+    return {f: np.asarray(feats[f], np.float32) for f in td.MULTIMODAL_TEXT}
+
+
+def image_paths(ws: Path) -> dict[str, str]:
+    """Each ingested image's path (relative to the images root), by image id."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_table(ws / "ingest" / "images.parquet", columns=["image_id", "path"])
+    return dict(zip(map(str, meta.column("image_id").to_pylist()), meta.column("path").to_pylist()))
+
+
 def featurize_new(ws: Path, table, root: Path, source: Path, dim: int):
     """The articles of ``table`` (validated by predict) and their usable images, featurized as the
     workspace's were: (NewImages, the images rejected)."""
-    from newsdl.features import load_text_featurizer
-
     ids = [str(i) for i in table.column("id").to_pylist()]
-    feats = load_text_featurizer(ws)(list(table.column("text").to_pylist()), list(table.column("title").to_pylist()))
-    article_text = {f: np.asarray(feats[f], np.float32) for f in td.MULTIMODAL_TEXT}
+    article_text = new_article_text(ws, table)
     owners, paths, fc7, rejects = featurize_images(ws, table, root, source, dim)
     images = NewImages(np.asarray(ids, dtype=object)[owners].astype(str) if len(owners) else np.zeros(0, str),
                        paths, fc7, {f: v[owners] for f, v in article_text.items()}, ids, article_text)
